@@ -1,4 +1,5 @@
-"""Pictures of the reference space, drawn the way the paper draws them (Fig. 3 and Fig. 5).
+"""Pictures of the reference space and of an evaluation, drawn the way the paper draws them
+(Fig. 3, 4 and 5), and the baseline's ROC / PR curves.
 
 Uses matplotlib's object API (no pyplot state), so it is safe in worker processes and
 servers without a display.
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-from clare_dist.labels import NO_FINDING
+from clare_dist.labels import CLASSES, NO_FINDING
 from clare_dist.rules import References
 
 # One colour per single class and No Finding; multi-label references are black crosses.
@@ -68,3 +70,105 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     fig.savefig(out)
     return out
 
+
+def predictions_by_combination_figure(
+    references: References,
+    coords: np.ndarray,
+    combinations: np.ndarray,
+    max_points: int = 3000,
+    seed: int = 0,
+    columns: int = 6,
+) -> Figure:
+    """The paper's Fig. 4 for every combination present: one small panel per ground truth.
+
+    Red dots are the predicted points of the images whose ground truth is the panel's
+    combination, black crosses the 26 references, the panel's own reference a large red
+    cross. Panels share axes (limits cover the references and the central 99% of the
+    predictions, so a few outliers cannot shrink the space). A panel with more than
+    `max_points` images shows a seeded random subsample, so the picture stays readable and
+    quick for a full archive (its title still gives the full count).
+    """
+    coords = np.asarray(coords, dtype=float).reshape(-1, 2)
+    combinations = np.asarray(combinations, dtype=object)
+    present = [name for name in references.names if (combinations == name).any()]
+    rows = max(1, -(-len(present) // columns))
+    fig = Figure(figsize=(2.3 * columns, 2.4 * rows), dpi=110)
+    low = np.minimum(references.coords.min(axis=0), np.percentile(coords, 0.5, axis=0))
+    high = np.maximum(references.coords.max(axis=0), np.percentile(coords, 99.5, axis=0))
+    margin = 0.05 * (high - low)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(present):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        points = coords[combinations == name]
+        shown = points if len(points) <= max_points else points[rng.choice(len(points), max_points, replace=False)]
+        ax.scatter(shown[:, 0], shown[:, 1], s=3, color="red", alpha=float(np.clip(60 / np.sqrt(len(shown)), 0.08, 0.7)),
+                   linewidths=0, zorder=2)
+        ax.scatter(references.coords[:, 0], references.coords[:, 1], s=14, marker="x", color="black", linewidths=0.8,
+                   zorder=3)
+        own = references.coords[references.names.index(name)]
+        ax.scatter([own[0]], [own[1]], s=90, marker="X", color="red", edgecolor="white", linewidths=1.2, zorder=4)
+        ax.set_title(f"{name} (n={len(points):,})", fontsize=8)
+        ax.set_xlim(low[0] - margin[0], high[0] + margin[0])
+        ax.set_ylim(low[1] - margin[1], high[1] + margin[1])
+        ax.tick_params(labelsize=6)
+        ax.grid(True, alpha=0.3)
+    height = fig.get_figheight()
+    fig.suptitle("Test predictions per ground-truth combination (red dots); references (black x), "
+                 "the panel's own reference (red X)", fontsize=9, y=1 - 0.1 / height)
+    # Fixed margins: tight_layout would draw all panels once more just to measure them.
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.04, top=1 - 0.55 / height, wspace=0.25,
+                        hspace=0.35)
+    return fig
+
+
+def roc_pr_figure(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    decision_bits: np.ndarray | None = None,
+    decision_label: str = "R4",
+    title: str = "",
+) -> Figure:
+    """The baseline's ROC and PR curves per class (AUC in the legend), side by side.
+
+    `y_true` and `y_score` are N×5 in `labels.CLASSES` order. If `decision_bits` (N×5, 0/1)
+    is given, each class also gets a diamond at that decision's (FPR, TPR) and (recall,
+    precision): where the diamond lies above the PR curve, the rule beats every threshold
+    of the baseline for that class (the paper's Table 4 in one picture). A class without
+    positives or negatives has no curve and is marked so in the legend.
+    """
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
+    fig = Figure(figsize=(10.5, 6.2), dpi=110)
+    roc_ax, pr_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for k, code in enumerate(CLASSES):
+        y, s, colour = y_true[:, k], y_score[:, k], REFERENCE_COLOURS[code]
+        positives = int(y.sum())
+        if positives in (0, len(y)):
+            roc_ax.plot([], [], color=colour, label=f"{code}: no curve (one class only)")
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        precision, recall, _ = precision_recall_curve(y, s)
+        roc_ax.plot(fpr, tpr, color=colour, lw=1.4, label=f"{code}  AUC {auc(fpr, tpr):.3f}")
+        pr_ax.plot(recall, precision, color=colour, lw=1.4,
+                   label=f"{code}  AUC {auc(recall, precision):.3f}  (prevalence {positives / len(y):.3f})")
+        if decision_bits is not None:
+            d = np.asarray(decision_bits)[:, k].astype(bool)
+            tp, fp = int((d & (y == 1)).sum()), int((d & (y == 0)).sum())
+            roc_ax.scatter([fp / (len(y) - positives)], [tp / positives], marker="D", s=36, color=colour,
+                           edgecolor="black", zorder=4)
+            pr_ax.scatter([tp / positives], [tp / (tp + fp) if tp + fp else 0.0], marker="D", s=36, color=colour,
+                          edgecolor="black", zorder=4)
+    roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    roc_ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.01), title="ROC")
+    pr_ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall")
+    if decision_bits is not None:
+        for ax in (roc_ax, pr_ax):
+            ax.scatter([], [], marker="D", s=36, color="white", edgecolor="black", label=f"{decision_label} (per class)")
+    for ax in (roc_ax, pr_ax):
+        ax.grid(True, alpha=0.3)
+        ax.set_aspect("equal")
+        # Below the axes: inside, a legend would hide curves or decision points.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.24, wspace=0.2)
+    return fig

@@ -1,0 +1,286 @@
+"""The model bundle: the one contract between training, batch jobs and serving.
+
+A bundle is a directory holding the ONNX regressor, the references it regresses into, and a
+manifest that says what the graph expects and where it came from:
+
+    manifest.json     format version, model version, input/output, folds, metrics, versions
+    regressor.onnx    N×1×S×S uint8 "scan" → N×2 float32 "coords"
+    references.json   the 26 reference coordinates
+
+Other entries (the case index, added later) are allowed and ignored here. The model version is
+a hash of the regressor and the references, so every result can name exactly the model that
+produced it, and a bundle whose files were changed after bundling is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from clare_dist import __version__
+from clare_dist.export import INPUT_NAME, OUTPUT_NAME
+from clare_dist.models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+from clare_dist.references import REFERENCES_FILE, load_references
+from clare_dist.rules import References
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+REGRESSOR_FILE = "regressor.onnx"
+INTENDED_USE = "screening aid for research; not a certified medical device"
+MODEL_VERSION_PREFIX = "m-"
+REQUIRED_KEYS: tuple[str, ...] = (
+    "bundle_format_version",
+    "model_version",
+    "created_at",
+    "backbone",
+    "input",
+    "output",
+    "folds",
+    "ensemble",
+    "metrics",
+    "data_hash",
+    "versions",
+    "intended_use",
+)
+_PACKAGES = ("clare-dist", "torch", "torchvision", "onnx", "onnxruntime", "numpy")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; `problems` lists every reason found."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(
+            f"the model bundle at {path} is not usable ({len(problems)} problem(s)):\n{lines}\n"
+            "Fix the files named, or export the trained run again to re-create the bundle."
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle; `model_version` goes into every result made with it."""
+
+    path: Path
+    manifest: dict[str, Any]
+    references: References
+    onnx_path: Path
+    model_version: str
+    image_size: int
+
+
+def model_version(onnx_path: str | os.PathLike, references_path: str | os.PathLike) -> str:
+    """Content hash of the regressor then the references: the same files give the same version."""
+    digest = hashlib.sha256()
+    for file in (onnx_path, references_path):
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return MODEL_VERSION_PREFIX + digest.hexdigest()[:16]
+
+
+def write_bundle(
+    out_dir: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+    references_path: str | os.PathLike,
+    *,
+    backbone: str,
+    image_size: int,
+    folds: list[int],
+    ensemble: bool,
+    metrics: dict,
+    data_hash: str | None = None,
+) -> Bundle:
+    """Assemble and validate a bundle in a temporary directory, then move it to `out_dir`.
+
+    A bundle already at `out_dir` is replaced as a whole (its case index belongs to the old
+    model's coordinates). At no moment does `out_dir` hold a half-written bundle.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}; got {backbone!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive integer; got {image_size!r}")
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        shutil.copyfile(onnx_path, tmp / REGRESSOR_FILE)
+        shutil.copyfile(references_path, tmp / REFERENCES_FILE)
+        manifest = {
+            "bundle_format_version": BUNDLE_FORMAT_VERSION,
+            "model_version": model_version(tmp / REGRESSOR_FILE, tmp / REFERENCES_FILE),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "backbone": backbone,
+            "input": {
+                "name": INPUT_NAME,
+                "shape": [None, 1, image_size, image_size],
+                "dtype": "uint8",
+                "layout": "N1HW",
+                "preprocessing": f"resize to {image_size}×{image_size} 8-bit grayscale (LANCZOS); "
+                "scaling and ImageNet normalisation inside the graph",
+                "normalisation": {"scale": "1/255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            },
+            "output": {"name": OUTPUT_NAME, "shape": [None, 2], "dtype": "float32"},
+            "folds": [int(fold) for fold in folds],
+            "ensemble": bool(ensemble),
+            "metrics": metrics,
+            "data_hash": data_hash,
+            "versions": package_versions(),
+            "intended_use": INTENDED_USE,
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        try:
+            checked = load_bundle(tmp)  # refuse to publish what no consumer could load
+        except BundleError as err:
+            raise BundleError(out, err.problems) from None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+            log.info("replaced the bundle at %s", out)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote model bundle %s to %s", checked.model_version, out)
+    return replace(checked, path=out, onnx_path=out / REGRESSOR_FILE)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide what the bundle computes."""
+    versions: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        candidates = (name, f"{name}-gpu") if name == "onnxruntime" else (name,)
+        versions[name] = next((v for v in map(_installed_version, candidates) if v), None)
+    versions["clare-dist"] = versions["clare-dist"] or __version__
+    return versions
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and validate a bundle; BundleError lists every problem found, not just the first."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(root, ["the directory does not exist; check the path, or create the bundle with training"])
+    problems: list[str] = []
+    manifest = _read_manifest(root / MANIFEST_FILE, problems)
+    onnx_file, references_file = root / REGRESSOR_FILE, root / REFERENCES_FILE
+    for file in (onnx_file, references_file):
+        if not file.is_file():
+            problems.append(f"{file.name} is missing")
+
+    if onnx_file.is_file() and references_file.is_file() and isinstance(manifest.get("model_version"), str):
+        actual = model_version(onnx_file, references_file)
+        if actual != manifest["model_version"]:
+            problems.append(
+                f"{REGRESSOR_FILE} and {REFERENCES_FILE} hash to {actual} but the manifest says "
+                f"model_version {manifest['model_version']}: the files were changed after bundling"
+            )
+    if onnx_file.is_file():
+        _check_graph(onnx_file, manifest, problems)
+    references = None
+    if references_file.is_file():
+        try:
+            references = load_references(references_file)
+        except (ValueError, OSError) as err:  # LabelError is a ValueError
+            problems.append(f"{REFERENCES_FILE} is invalid: {err}")
+    image_size = _image_size(manifest, problems)
+
+    if problems:
+        raise BundleError(root, problems)
+    return Bundle(root, manifest, references, onnx_file, manifest["model_version"], image_size)
+
+
+def _read_manifest(file: Path, problems: list[str]) -> dict[str, Any]:
+    """The manifest as a dict ({} when unusable), with its problems appended."""
+    if not file.is_file():
+        problems.append(f"{MANIFEST_FILE} is missing")
+        return {}
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        problems.append(f"{MANIFEST_FILE} is not valid JSON ({err})")
+        return {}
+    if not isinstance(manifest, dict):
+        problems.append(f"{MANIFEST_FILE} is not a JSON object")
+        return {}
+    version = manifest.get("bundle_format_version")
+    if "bundle_format_version" in manifest and version != BUNDLE_FORMAT_VERSION:
+        problems.append(
+            f"{MANIFEST_FILE} has bundle_format_version {version!r}; this clare-dist {__version__} reads "
+            f"version {BUNDLE_FORMAT_VERSION} (use the clare-dist version that wrote it, or re-export)"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        problems.append(f"{MANIFEST_FILE} lacks the keys {missing}")
+    return manifest
+
+
+def _image_size(manifest: dict[str, Any], problems: list[str]) -> int:
+    """S from the manifest's input shape [null, 1, S, S] (0 when unusable, with a problem noted)."""
+    section = manifest.get("input")
+    if not isinstance(section, dict):
+        if "input" in manifest:
+            problems.append(f"{MANIFEST_FILE} input must be an object; got {section!r}")
+        return 0
+    shape = section.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and isinstance(shape[2], int) and shape[2] == shape[3] > 0):
+        problems.append(f"{MANIFEST_FILE} input.shape must be [null, 1, S, S] with S > 0; got {shape!r}")
+        return 0
+    return shape[2]
+
+
+def _check_graph(file: Path, manifest: dict[str, Any], problems: list[str]) -> None:
+    """The graph's input and output names, dtypes and shapes against the manifest's."""
+    try:
+        graph = onnx.load(str(file), load_external_data=False).graph
+    except Exception as err:  # protobuf DecodeError and friends
+        problems.append(f"{REGRESSOR_FILE} is not a readable ONNX model ({type(err).__name__})")
+        return
+    initializers = {init.name for init in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in initializers]
+    for role, values in (("input", inputs), ("output", list(graph.output))):
+        declared = manifest.get(role)
+        if not isinstance(declared, dict):
+            continue  # a missing section is reported with the manifest
+        if len(values) != 1:
+            problems.append(f"{REGRESSOR_FILE} has {len(values)} graph {role}s; a regressor has exactly one")
+            continue
+        actual = _describe_value(values[0])
+        for key in ("name", "dtype", "shape"):
+            if key in declared and declared[key] != actual[key]:
+                problems.append(
+                    f"the manifest's {role} {key} is {declared[key]!r} but {REGRESSOR_FILE}'s {role} "
+                    f"{key} is {actual[key]!r}"
+                )
+
+
+def _describe_value(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    tensor = value.type.tensor_type
+    return {
+        "name": value.name,
+        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+        "shape": [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor.shape.dim],
+    }

@@ -1,0 +1,187 @@
+"""The regressor as one ONNX graph, checked against torch before anyone can use it.
+
+Serving and batch jobs run ONNX Runtime, not torch: it is about twice as fast on CPU and needs
+no torch install. The graph takes what `scans.preprocess_scan` produces (N×1×S×S uint8) and
+returns coordinates (N×2 float32); a fold ensemble is averaged inside the same graph. An export
+is only kept if ONNX Runtime reproduces torch on real scans, so a silent exporter bug cannot
+reach a hospital.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from clare_dist.models import ScanNet
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "scan"
+OUTPUT_NAME = "coords"
+OPSET = 17
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the torch model; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export produced and how closely ONNX Runtime matched torch."""
+
+    path: Path
+    max_abs_diff: float
+    n_images: int
+    n_models: int
+    opset: int
+    seconds: float
+
+
+class FoldEnsemble(nn.Module):
+    """Mean of several regressors' coordinates: the fold-ensemble option of the export."""
+
+    def __init__(self, models: Sequence[ScanNet]) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("FoldEnsemble needs at least one model")
+        self.members = nn.ModuleList(models)
+
+    def forward(self, scans: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(scans) for member in self.members]).mean(dim=0)
+
+
+def export_regressor(
+    models: Sequence[ScanNet],
+    path: str | os.PathLike,
+    image_size: int,
+    check_images: Sequence[np.ndarray],
+    tolerance: float = 1e-4,
+) -> ExportReport:
+    """Export one regressor (or the mean of several) to `path` and verify it on `check_images`.
+
+    `check_images` are uint8 image_size×image_size scans, ideally real ones: random noise
+    exercises the arithmetic but not the value ranges that real anatomy produces. The graph is
+    written next to `path` first and only moved there once the check passes, so a failed
+    export leaves no file and never replaces a good one.
+    """
+    start = time.perf_counter()
+    models = list(models)
+    if not models:
+        raise ValueError("export_regressor needs at least one model")
+    heads = {model.head_name for model in models}
+    if heads != {"regression"}:
+        raise ValueError(f"only regression models can be exported as the regressor; got heads {sorted(heads)}")
+    batch = _check_batch(check_images, image_size)
+    # A CPU copy in eval mode: the caller's models stay where and as they are, and the reference
+    # output is exact fp32 (cuDNN's TF32 convolutions would differ from ORT by more than 1e-4).
+    module = copy.deepcopy(models[0] if len(models) == 1 else FoldEnsemble(models)).cpu().eval()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with torch.inference_mode():
+            expected = torch.cat([module(b) for b in torch.from_numpy(batch).split(32)]).numpy()
+        _torch_export(module, tmp, image_size)
+        onnx.checker.check_model(str(tmp))
+        got = run_regressor(open_session(tmp, prefer_gpu=False), batch[:, 0])
+        diff = float(np.abs(got - expected).max())
+        if not diff <= tolerance:  # also catches NaN
+            raise ExportError(
+                f"ONNX Runtime differs from torch by up to {diff:.3g} on {len(batch)} check images, over the "
+                f"tolerance of {tolerance:.3g}; the export was discarded. Check the torch/onnx/onnxruntime "
+                "versions, or report the model and these numbers"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report = ExportReport(target, diff, len(batch), len(models), OPSET, time.perf_counter() - start)
+    log.info("exported %d model(s) to %s in %.1f s; ORT vs torch max |diff| %.2g on %d images",
+             report.n_models, target, report.seconds, diff, report.n_images)
+    return report
+
+
+def _check_batch(check_images: Sequence[np.ndarray], image_size: int) -> np.ndarray:
+    if len(check_images) == 0:
+        raise ValueError("export_regressor needs check images (real scans, preprocessed) to verify the graph")
+    for i, image in enumerate(check_images):
+        if image.shape != (image_size, image_size) or image.dtype != np.uint8:
+            raise ValueError(
+                f"check image {i} is {image.dtype} {image.shape}; expected uint8 ({image_size}, {image_size}) "
+                "as scans.preprocess_scan produces"
+            )
+    return np.stack(check_images)[:, None]
+
+
+def _torch_export(module: nn.Module, path: Path, image_size: int) -> None:
+    """torch.onnx.export with the TorchScript exporter: the dynamo one needs onnxscript."""
+    example = torch.zeros(2, 1, image_size, image_size, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in torch ≥ 2.9 but supported; say so once, not per export.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, module=r"torch\.onnx\._internal\.torchscript_exporter"
+        )
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+
+
+def onnx_providers(prefer_gpu: bool = True) -> list[str]:
+    """CUDA first where onnxruntime-gpu reports it, then the CPU (always there as the fallback)."""
+    available = ort.get_available_providers()
+    providers = [CUDA_PROVIDER, CPU_PROVIDER] if prefer_gpu and CUDA_PROVIDER in available else [CPU_PROVIDER]
+    log.debug("onnxruntime providers available %s; asking for %s", available, providers)
+    return providers
+
+
+def open_session(path: str | os.PathLike, threads: int | None = None, prefer_gpu: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime session on the best provider; `threads` caps its intra-op threads."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no ONNX model at {file}; export one with export_regressor or point to a model bundle")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(file), sess_options=options, providers=onnx_providers(prefer_gpu))
+    except Exception as err:  # onnxruntime raises its own pybind exception types (InvalidProtobuf, Fail, ...)
+        raise ValueError(f"{file} is not a loadable ONNX model ({err}); re-export it") from err
+    # onnxruntime-gpu lists CUDA even without a usable GPU and then falls back; log what runs.
+    log.info("ONNX Runtime session for %s on %s", file.name, session.get_providers()[0])
+    return session
+
+
+def run_regressor(session: ort.InferenceSession, scans: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Coordinates (N×2 float32) for N×H×W uint8 scans, in batches of `batch_size`."""
+    if scans.ndim != 3 or scans.dtype != np.uint8:
+        raise ValueError(f"run_regressor takes N×H×W uint8 scans; got {scans.dtype} {scans.shape}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive; got {batch_size}")
+    expected = session.get_inputs()[0].shape[2:]
+    if list(scans.shape[1:]) != expected:
+        raise ValueError(f"the model takes {expected[0]}×{expected[1]} scans; got {scans.shape[1]}×{scans.shape[2]}")
+    if len(scans) == 0:
+        return np.zeros((0, 2), np.float32)
+    batches = [np.ascontiguousarray(scans[i : i + batch_size, None]) for i in range(0, len(scans), batch_size)]
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: b})[0] for b in batches])
