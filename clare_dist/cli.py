@@ -21,7 +21,9 @@ from clare_dist.cxr14 import (
     label_table,
     read_data_entry,
 )
+from clare_dist.bundle import BundleError
 from clare_dist.labels import LabelError
+from clare_dist.runs import RunError
 from clare_dist.scans import ScanError
 
 log = logging.getLogger("clare_dist")
@@ -29,7 +31,7 @@ log = logging.getLogger("clare_dist")
 LABELS_FILE = "labels.parquet"
 
 # Failures a person can fix from the message alone: printed without a traceback, exit code 2.
-USER_ERRORS = (MetadataError, LabelError, ScanError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (MetadataError, LabelError, ScanError, FileNotFoundError, NotADirectoryError, RunError, BundleError)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -100,6 +102,88 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from clare_dist.runs import init_run
+    from clare_dist.training import TrainConfig
+
+    folds = _parse_folds(args.folds)
+    config = TrainConfig(
+        backbone=args.backbone, weights=args.weights, image_size=args.image_size, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience, seed=args.seed,
+        num_workers=args.loader_workers,
+    )
+    init_run(args.out, args.labels, args.references)
+    _start_ray(args.address, args.num_cpus)
+    from jobs.train_cv import run_cross_validation
+
+    run_cross_validation(
+        args.out / "labels.parquet", args.images, args.out / "references.json", args.out, config, folds=folds,
+        max_concurrent=args.max_concurrent, cpus_per_fold=args.cpus_per_fold,
+    )
+    if not args.no_evaluate:
+        _evaluate(args.out)
+    if not args.no_export:
+        _export(args.out, args.images, args.export_fold, args.ensemble)
+    return 0
+
+
+def _parse_folds(text: str) -> list[int]:
+    try:
+        folds = sorted({int(f) for f in text.split(",") if f.strip()})
+    except ValueError:
+        raise SystemExit(f"--folds takes fold numbers 0-4 separated by commas, e.g. 0,1,2,3,4; got {text!r}")
+    if not folds or not all(0 <= f <= 4 for f in folds):
+        raise SystemExit(f"--folds takes fold numbers 0-4 separated by commas; got {text!r}")
+    return folds
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS); otherwise start a local Ray instance."""
+    import os
+
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"])
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+    log.info("Ray cluster resources: %s", ray.cluster_resources())
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _evaluate(args.run, args.folds and _parse_folds(args.folds))
+    return 0
+
+
+def _evaluate(run: Path, folds: list[int] | None = None) -> None:
+    from clare_dist.evaluation import evaluate_run, evaluation_markdown, write_evaluation
+    from clare_dist.runs import EVALUATION_DIR
+
+    evaluation = evaluate_run(run, folds)
+    paths = write_evaluation(evaluation, run / EVALUATION_DIR)
+    print(evaluation_markdown(evaluation))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _export(args.run, args.images, args.fold, args.ensemble)
+    return 0
+
+
+def _export(run: Path, images: Path, fold: int | None, ensemble: bool) -> None:
+    import json
+
+    import pandas as pd
+
+    from clare_dist.runs import LABELS_FILE, check_images, export_run
+
+    settings = json.loads(next(run.glob("fold_*/done.json")).read_text())["config"]
+    table = pd.read_parquet(run / LABELS_FILE)
+    bundle = export_run(run, check_images(table, images, settings["image_size"]), fold=fold, ensemble=ensemble)
+    print(f"wrote model bundle {bundle.model_version} to {bundle.path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clare-dist", description="Explainable chest X-ray screening (CLARE-XR).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -130,6 +214,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_references)
+
+    p = sub.add_parser("train", help="train the baseline and the regressor on 5 folds in parallel on Ray, evaluate, export")
+    p.add_argument("--labels", type=Path, required=True, help="labels.parquet from `clare-dist prepare`")
+    p.add_argument("--images", type=Path, required=True, help="folder holding the scans (any depth, e.g. images_001/images)")
+    p.add_argument("--references", type=Path, required=True, help="folder (or file) from `clare-dist references`")
+    p.add_argument("--out", type=Path, required=True, help="run directory; re-running the same command resumes it")
+    p.add_argument("--backbone", choices=("resnet50", "resnet18"), default="resnet50")
+    p.add_argument("--weights", default=None, help="'imagenet' (torchvision cache) or a local .pth file; default random")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better validation loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", default="0,1,2,3,4", help="folds to train, e.g. 0,1,2,3,4")
+    p.add_argument("--max-concurrent", type=int, default=None, help="folds at once (default: GPUs, or CPUs / cpus-per-fold)")
+    p.add_argument("--cpus-per-fold", type=float, default=1.0)
+    p.add_argument("--loader-workers", type=int, default=2, help="data loader processes per fold")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    p.add_argument("--export-fold", type=int, default=None, help="fold whose regressor goes into the bundle")
+    p.add_argument("--ensemble", action="store_true", help="bundle the mean of all finished folds instead")
+    p.add_argument("--no-evaluate", action="store_true")
+    p.add_argument("--no-export", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="the paper's Tables 2-4 and figures for a run")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--folds", default=None, help="only these finished folds, e.g. 0,1")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a run's regressor to ONNX (checked against torch) as a model bundle")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--images", type=Path, required=True, help="the run's scans, some of which check the export")
+    p.add_argument("--fold", type=int, default=None, help="fold to export (default: the first finished)")
+    p.add_argument("--ensemble", action="store_true", help="the mean of all finished folds in one graph")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

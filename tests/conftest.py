@@ -26,3 +26,38 @@ def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("references")
     assert main(["references", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory: pytest.TempPathFactory):
+    """One local Ray instance for the whole session, seeing 2 CPUs; commands join it by address."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = tmp_path_factory.mktemp("ray")
+    start = [
+        "ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+        "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp}",
+    ]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic archive with its label table (prepared/labels.parquet)."""
+    from clare_dist.cli import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    assert main(["synth", "--out", str(root / "archive"), "--n-images", "160", "--size", "48", "--seed", "1"]) == 0
+    assert main(["prepare", "--data-entry", str(root / "archive" / "Data_Entry_2017.csv"), "--out", str(root / "prepared")]) == 0
+    return root

@@ -1,0 +1,1 @@
+"""Ray entry points: they put clare_dist functions onto Ray and decide nothing about the method."""
