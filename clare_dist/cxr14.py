@@ -28,6 +28,11 @@ from clare_dist.labels import (
 
 log = logging.getLogger(__name__)
 
+# The header of NIH's Data_Entry_2017.csv: 9 names, 11 fields (two names hold a comma).
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 REQUIRED_COLUMNS: tuple[str, ...] = ("Image Index", "Finding Labels", "Patient ID")
 LABEL_COLUMNS: tuple[str, ...] = ("image_index", "patient_id", *CLASSES, "combination", "fold")
 N_FOLDS = 5

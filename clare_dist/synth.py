@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
+from .cxr14 import DATA_ENTRY_HEADER
 from .labels import (
     CLASS_FINDINGS,
     CLASSES,
@@ -42,11 +43,6 @@ from .labels import (
 )
 
 log = logging.getLogger(__name__)
-
-DATA_ENTRY_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
-)
 
 # Images carrying each finding in the full CXR14 release: which finding of a class an image gets.
 _FINDING_PREVALENCE: dict[str, int] = {

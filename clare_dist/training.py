@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from clare_dist.cxr14 import fold_split
 from clare_dist.dataset import ScanDataset, index_images, locate, targets_for
+from clare_dist.evaluation import PREDICTION_COLUMNS, PREDICTIONS_FILE
 from clare_dist.labels import CLASSES
 from clare_dist.models import ModelConfig, ScanNet, build_model, load_backbone_from
 from clare_dist.rules import References
@@ -31,7 +32,6 @@ from clare_dist.rules import References
 log = logging.getLogger(__name__)
 
 PHASES: tuple[str, ...] = ("baseline", "regressor")
-PREDICTIONS_FILE = "predictions.parquet"
 DONE_FILE = "done.json"
 Reporter = Callable[[dict], None]
 
@@ -229,6 +229,7 @@ def train_fold(fold: int, table: pd.DataFrame, image_root: str | os.PathLike, re
     probabilities = 1 / (1 + np.exp(-outputs["baseline"]))
     for i, code in enumerate(CLASSES):
         predictions[f"p_{code}"] = probabilities[:, i]
+    predictions = predictions[PREDICTION_COLUMNS]
     path = fold_dir / PREDICTIONS_FILE
     tmp = path.with_suffix(".tmp")
     predictions.to_parquet(tmp, index=False)

@@ -6,6 +6,7 @@ import pytest
 
 from clare_dist.cli import main
 from clare_dist.cxr14 import (
+    DATA_ENTRY_HEADER,
     LABEL_COLUMNS,
     MetadataError,
     combination_counts,
@@ -15,7 +16,7 @@ from clare_dist.cxr14 import (
 )
 from clare_dist.labels import TABLE1_COUNTS
 
-HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+HEADER = DATA_ENTRY_HEADER
 
 
 @pytest.fixture(scope="module")
