@@ -11,6 +11,17 @@ FULL_DATA_ENTRY = SHARED_DATA / "Data_Entry_2017_v2020.csv.gz"
 SAMPLE = SHARED_DATA / "cxr14-sample"
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Keep torch to one thread in a test: the machine's 2 cores are shared with Ray and others."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not FULL_DATA_ENTRY.exists():

@@ -25,12 +25,7 @@ SIZE = 64
 SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr14-sample" / "images"
 
 
-@pytest.fixture(autouse=True)
-def few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

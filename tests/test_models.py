@@ -22,12 +22,7 @@ from clare_dist.models import (
 )
 
 
-@pytest.fixture(autouse=True)
-def few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def scans(n: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
