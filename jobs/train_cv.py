@@ -27,7 +27,8 @@ from clare_dist.training import DONE_FILE, TrainConfig, train_fold
 log = logging.getLogger(__name__)
 
 # A trial only waits on its trainer; holding a whole CPU would starve the Train workers on a
-# small machine (seen on 2 cores: WorkerGroupStartupTimeoutError). 0 is refused by Tune.
+# small machine (seen on 2 cores: WorkerGroupStartupTimeoutError). 0 is refused by Tune. The
+# worker gets the rest of the fold's CPUs, so N folds of c CPUs fit exactly in N × c.
 TRIAL_DRIVER_CPU = 0.01
 
 
@@ -48,7 +49,8 @@ def _fold_trial(config: dict) -> None:
         _train_worker,
         train_loop_config=config,
         scaling_config=train.ScalingConfig(
-            num_workers=1, use_gpu=config["use_gpu"], resources_per_worker={"CPU": config["cpus_per_fold"]},
+            num_workers=1, use_gpu=config["use_gpu"],
+            resources_per_worker={"CPU": config["cpus_per_fold"] - TRIAL_DRIVER_CPU},
         ),
         run_config=train.RunConfig(
             name=f"fold_{config['fold']}",
@@ -70,6 +72,8 @@ def run_cross_validation(
     cpus_per_fold: float = 1.0, max_failures: int = 2,
 ) -> list[int]:
     """Train the pending folds in parallel on the connected Ray cluster; returns the folds trained."""
+    if cpus_per_fold <= TRIAL_DRIVER_CPU:
+        raise ValueError(f"cpus_per_fold must be more than {TRIAL_DRIVER_CPU}; got {cpus_per_fold}")
     run = run.resolve()
     run.mkdir(parents=True, exist_ok=True)
     todo = pending_folds(run, folds)
