@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 REGRESSOR_FILE = "regressor.onnx"
+INDEX_DIR = "index"  # the case index of known cases (clare_dist.case_index), when built
 INTENDED_USE = "screening aid for research; not a certified medical device"
 MODEL_VERSION_PREFIX = "m-"
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -81,6 +82,16 @@ class Bundle:
     onnx_path: Path
     model_version: str
     image_size: int
+
+    @property
+    def index_dir(self) -> Path:
+        """Where the case index lives (`clare_dist.case_index.CaseIndex.load` reads it)."""
+        return self.path / INDEX_DIR
+
+    @property
+    def has_index(self) -> bool:
+        """Whether a case index was written into this bundle (manifest entry and directory)."""
+        return "index" in self.manifest and self.index_dir.is_dir()
 
 
 def model_version(onnx_path: str | os.PathLike, references_path: str | os.PathLike) -> str:

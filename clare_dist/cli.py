@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from clare_dist.bundle import BundleError
+from clare_dist.case_index import CaseIndexError
 from clare_dist.cxr14 import (
     FOLD_SEED,
     MetadataError,
@@ -21,17 +23,18 @@ from clare_dist.cxr14 import (
     label_table,
     read_data_entry,
 )
-from clare_dist.bundle import BundleError
 from clare_dist.labels import LabelError
-from clare_dist.runs import RunError
+from clare_dist.runs import LABELS_FILE, RunError
 from clare_dist.scans import ScanError
 
 log = logging.getLogger("clare_dist")
 
-LABELS_FILE = "labels.parquet"
+WORKER_START_TIMEOUT_S = "600"
 
 # Failures a person can fix from the message alone: printed without a traceback, exit code 2.
-USER_ERRORS = (MetadataError, LabelError, ScanError, FileNotFoundError, NotADirectoryError, RunError, BundleError)
+USER_ERRORS = (
+    MetadataError, LabelError, ScanError, FileNotFoundError, NotADirectoryError, RunError, BundleError, CaseIndexError,
+)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -64,7 +67,11 @@ def cmd_references(args: argparse.Namespace) -> int:
 def make_references(out: Path, seed: int = 0):
     """Train the label autoencoder and write references.json, its weights and references.png."""
     from clare_dist.plots import reference_space_figure, save_figure
-    from clare_dist.references import AutoencoderConfig, build_references, save_references
+    from clare_dist.references import (
+        AutoencoderConfig,
+        build_references,
+        save_references,
+    )
 
     space = build_references(AutoencoderConfig(seed=seed))
     save_references(space, out)
@@ -143,11 +150,13 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
 
     import ray
 
+    # A worker that imports torch on a busy node can take over Ray Train's default 60 s to start.
+    runtime_env = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S}}
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"])
+        ray.init(address=address or os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
     log.info("Ray cluster resources: %s", ray.cluster_resources())
 
 
@@ -157,7 +166,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(run: Path, folds: list[int] | None = None) -> None:
-    from clare_dist.evaluation import evaluate_run, evaluation_markdown, write_evaluation
+    from clare_dist.evaluation import (
+        evaluate_run,
+        evaluation_markdown,
+        write_evaluation,
+    )
     from clare_dist.runs import EVALUATION_DIR
 
     evaluation = evaluate_run(run, folds)
@@ -176,12 +189,55 @@ def _export(run: Path, images: Path, fold: int | None, ensemble: bool) -> None:
 
     import pandas as pd
 
-    from clare_dist.runs import LABELS_FILE, check_images, export_run
+    from clare_dist.runs import check_images, export_run
 
     settings = json.loads(next(run.glob("fold_*/done.json")).read_text())["config"]
     table = pd.read_parquet(run / LABELS_FILE)
     bundle = export_run(run, check_images(table, images, settings["image_size"]), fold=fold, ensemble=ensemble)
     print(f"wrote model bundle {bundle.model_version} to {bundle.path}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Screen each scan; a bad one is reported on stderr and the others go on (exit code 1)."""
+    import json
+
+    from clare_dist.bundle import load_bundle
+    from clare_dist.plots import save_figure
+    from clare_dist.screening import Screener, Screening, figure_paths
+
+    if args.k <= 0:
+        raise SystemExit(f"--k takes a positive number of similar cases; got {args.k}")
+    screener = Screener(load_bundle(args.bundle))
+    results = screener.screen_many(args.scans, k=args.k)
+    plots = figure_paths(args.plot, [r.scan_id for r in results]) if args.plot else [None] * len(results)
+    for scan, result, plot in zip(args.scans, results, plots):
+        if not isinstance(result, Screening):
+            print(f"clare-dist predict: {result.scan_id}: {result.kind}: {result.reason}", file=sys.stderr)
+            continue
+        print(json.dumps(result.to_dict()) if args.json else result.summary())
+        if plot is not None:
+            save_figure(screener.figure(result, scan, args.images), plot)
+            log.info("wrote %s", plot)
+    return 1 if any(not isinstance(r, Screening) for r in results) else 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    _start_ray(args.address, args.num_cpus)
+    from jobs.embed import EmbedSettings, build_case_index, run_embed
+
+    settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k)
+    results = run_embed(args.bundle, args.archive, args.out, settings)
+    counts = results["status"].value_counts()
+    print(f"{len(results)} scans: {counts.get('ok', 0)} screened, {counts.get('error', 0)} failed; "
+          f"results in {args.out / 'results'}")
+    if args.build_index:
+        if args.labels is None:
+            raise SystemExit("--build-index needs --labels (the labelled archive's labels.parquet)")
+        indexed = build_case_index(args.bundle, results, pd.read_parquet(args.labels))
+        print(f"indexed {indexed} known cases into {args.bundle / 'index'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-export", action="store_true")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("embed", help="screen an archive on Ray Data: one Parquet row per scan; resumable")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--archive", type=Path, required=True, help="folder of PNG/JPEG/DICOM (any depth) or a manifest")
+    p.add_argument("--out", type=Path, required=True, help="output folder; re-running resumes it")
+    p.add_argument("--labels", type=Path, default=None, help="labels.parquet of a labelled archive (with --build-index)")
+    p.add_argument("--build-index", action="store_true", help="make the labelled archive the bundle's case index")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=1, help="ONNX Runtime actors")
+    p.add_argument("--k", type=int, default=9, help="similar cases per scan")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    p.set_defaults(func=cmd_embed)
+
     p = sub.add_parser("evaluate", help="the paper's Tables 2-4 and figures for a run")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--folds", default=None, help="only these finished folds, e.g. 0,1")
@@ -251,6 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, default=None, help="fold to export (default: the first finished)")
     p.add_argument("--ensemble", action="store_true", help="the mean of all finished folds in one graph")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="screen scans with a model bundle: decision, top 3, explanation, similar cases")
+    p.add_argument("scans", nargs="+", type=Path, help="PNG, JPEG or DICOM files")
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory (from `clare-dist export`)")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="write the explanation figure here (several scans: OUT-<scan name>.png)")
+    p.add_argument("--json", action="store_true", help="one JSON object per scan (JSON lines) instead of text")
+    p.add_argument("--k", type=int, default=9, help="similar known cases to show (default 9)")
+    p.add_argument("--images", type=Path, default=None,
+                   help="folder the indexed cases' relative paths are resolved in, for thumbnails (default: .)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

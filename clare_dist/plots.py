@@ -1,5 +1,5 @@
 """Pictures of the reference space and of an evaluation, drawn the way the paper draws them
-(Fig. 3, 4 and 5), and the baseline's ROC / PR curves.
+(Fig. 3, 4 and 5), the baseline's ROC / PR curves, and one scan explained (Fig. 5 with Fig. 7).
 
 Uses matplotlib's object API (no pyplot state), so it is safe in worker processes and
 servers without a display.
@@ -8,7 +8,9 @@ servers without a display.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -17,6 +19,9 @@ from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from clare_dist.labels import CLASSES, NO_FINDING
 from clare_dist.rules import References
+
+if TYPE_CHECKING:
+    from clare_dist.screening import Screening
 
 # One colour per single class and No Finding; multi-label references are black crosses.
 REFERENCE_COLOURS: dict[str, str] = {
@@ -172,3 +177,84 @@ def roc_pr_figure(
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.24, wspace=0.2)
     return fig
+
+
+def explanation_figure(
+    screening: Screening,
+    references: References,
+    case_images: Sequence[tuple[str, str, float, np.ndarray | None]],
+    intended_use: str,
+    scan_image: np.ndarray | None = None,
+) -> Figure:
+    """One scan explained, as a clinician would be shown it (the paper's Fig. 5 beside Fig. 7).
+
+    Left, the scan itself (when `scan_image` is given); then the reference space with the
+    scan's point (red plus), dashed lines to its top-3 references and the decision's reference
+    ringed in red; right, up to nine similar known cases with case id, combination and
+    distance; below, the top 3, the sentence, and in small print the intended use and the model
+    version. `case_images` holds (case id, combination, distance, uint8 image or None); None is
+    drawn as "image not found", since a moved file must not hide the rest of the explanation.
+    """
+    widths = (0.55, 1.0, 1.0) if scan_image is not None else (1.0, 1.0)
+    fig = Figure(figsize=(6.2 * sum(widths), 7.6), dpi=110)
+    grid = fig.add_gridspec(1, len(widths), width_ratios=widths, left=0.035, right=0.985, top=0.87, bottom=0.25,
+                            wspace=0.14)
+    if scan_image is not None:
+        scan_ax = fig.add_subplot(grid[0])
+        _thumbnail(scan_ax, scan_image)
+        scan_ax.set_title(f"The scan: {screening.scan_id}", fontsize=10)
+
+    ax = fig.add_subplot(grid[-2])
+    draw_reference_space(ax, references, highlight=screening.combination)
+    point = np.array([screening.x, screening.y])
+    for name in screening.top3:
+        ref = references.coords[references.names.index(name)]
+        ax.plot([point[0], ref[0]], [point[1], ref[1]], ls="--", lw=0.9, color="grey", zorder=2)
+    if screening.combination in references.names:
+        own = references.coords[references.names.index(screening.combination)]
+        ax.scatter([own[0]], [own[1]], s=260, facecolor="none", edgecolor="red", linewidths=1.8, zorder=4)
+    ax.scatter([point[0]], [point[1]], marker="+", s=260, linewidths=2.5, color="red", zorder=6)
+    # The default limits frame the references; a point outside them must stay in view.
+    ax.set_xlim(min(ax.get_xlim()[0], point[0] - 0.05), max(ax.get_xlim()[1], point[0] + 0.05))
+    ax.set_ylim(min(ax.get_ylim()[0], point[1] - 0.05), max(ax.get_ylim()[1], point[1] + 0.05))
+    ax.set_title("Reference space: the scan (red +), the decision ringed", fontsize=10)
+
+    note = screening.similar_note or ("" if case_images else "no similar cases")
+    if case_images:
+        cells = grid[-1].subgridspec(3, 3, wspace=0.05, hspace=0.3)
+        for i in range(9):
+            cell = fig.add_subplot(cells[i // 3, i % 3])
+            if i >= len(case_images):
+                cell.set_axis_off()
+                continue
+            case_id, combination, distance, image = case_images[i]
+            _thumbnail(cell, image)
+            cell.set_title(f"{case_id}\n{combination}   d = {distance:.3f}", fontsize=7.5)
+    else:
+        panel = fig.add_subplot(grid[-1])
+        panel.set_axis_off()
+        panel.text(0.5, 0.5, textwrap.fill(note, 50), ha="center", va="center", fontsize=10, transform=panel.transAxes)
+    heading = f"Similar known cases with {screening.combination}, nearest first"
+    if note and case_images:
+        heading += f"\n({note})"
+    box = grid[-1].get_position(fig)
+    fig.text(box.x0 + box.width / 2, box.y1 + 0.055, heading, ha="center", va="bottom", fontsize=10)
+
+    fig.suptitle(f"{screening.scan_id}: {screening.combination}", fontsize=14, fontweight="bold")
+    top3 = ",   ".join(f"{name} ({d:.3f})" for name, d in zip(screening.top3, screening.top3_distances))
+    fig.text(0.035, 0.17, f"Top 3 references (distance):   {top3}", fontsize=10.5, va="top")
+    fig.text(0.035, 0.12, textwrap.fill(screening.explanation, int(12 * fig.get_figwidth())), fontsize=10, va="top")
+    fig.text(0.035, 0.025, f"{intended_use.capitalize()}.   Model version {screening.model_version}.",
+             fontsize=7.5, color="dimgrey")
+    return fig
+
+
+def _thumbnail(ax: Axes, image: np.ndarray | None) -> None:
+    """A grayscale image without ticks, or a square grey placeholder saying it is missing."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if image is None:
+        ax.imshow(np.full((1, 1), 0.85), cmap="gray", vmin=0, vmax=1)
+        ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+    else:
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)

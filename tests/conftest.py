@@ -72,3 +72,25 @@ def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["synth", "--out", str(root / "archive"), "--n-images", "160", "--size", "48", "--seed", "1"]) == 0
     assert main(["prepare", "--data-entry", str(root / "archive" / "Data_Entry_2017.csv"), "--out", str(root / "prepared")]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_archive: Path, reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model bundle of an untrained ResNet18 regressor at 48 px, exported and checked as in a run."""
+    import pandas as pd
+
+    from clare_dist.bundle import write_bundle
+    from clare_dist.export import export_regressor
+    from clare_dist.models import ModelConfig, build_model
+    from clare_dist.runs import check_images
+
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", head="regression")).eval()
+    out = tmp_path_factory.mktemp("bundle")
+    table = pd.read_parquet(tiny_archive / "prepared" / "labels.parquet")
+    export_regressor([model], out / "regressor.onnx", 48, check_images(table, tiny_archive / "archive", 48, count=4))
+    write_bundle(out / "bundle", out / "regressor.onnx", reference_dir / "references.json", backbone="resnet18",
+                 image_size=48, folds=[0], ensemble=False, metrics={})
+    return out / "bundle"

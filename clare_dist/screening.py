@@ -1,0 +1,314 @@
+"""Screening one scan or many: decode → regress → classify → explain → similar known cases.
+
+`clare-dist predict`, the batch job and the HTTP API all screen through these stage functions,
+so a scan gets the same coordinates, decision, sentence and similar cases wherever it is
+screened. Each stage is a small function, pure where it can be, so a distributed caller can
+put each one on its own workers; `Screener` chains them for callers that hold the bundle in
+one process.
+
+Results carry a scan id (the file name or an id the caller gives), never patient data: DICOM
+tags are not read into any result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from clare_dist.bundle import INTENDED_USE, Bundle
+from clare_dist.explanation import explanation
+from clare_dist.export import open_session, run_regressor
+from clare_dist.labels import CLASSES, COMBINATION_INDEX
+from clare_dist.rules import References, RuleResult, apply_rules
+from clare_dist.scans import ScanConfig, ScanError, ScanSource, preprocess_scan
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from clare_dist.case_index import CaseIndex
+
+log = logging.getLogger(__name__)
+
+DEFAULT_K = 9
+NO_INDEX_NOTE = "no case index in this bundle; build one with `clare-dist embed --labels ... --build-index`"
+THUMBNAIL_SIZE = 160
+
+
+@dataclass(frozen=True)
+class SimilarCase:
+    """A known case whose ground truth is the decision, `distance` from the scan's point."""
+
+    case_id: str
+    combination: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class Screening:
+    """Everything said about one scan: its point, the R4 decision, why, and similar known cases."""
+
+    scan_id: str
+    x: float
+    y: float
+    top3: list[str]
+    top3_distances: list[float]
+    combination: str
+    Ca: int
+    Pa: int
+    Pn: int
+    Pl: int
+    Ot: int
+    explanation: str
+    similar_cases: list[SimilarCase]
+    similar_note: str | None
+    model_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types only, so `json.dumps` and Parquet writers take it as it is."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """The screening as lines of text for a terminal or a log-free report."""
+        top3 = ", ".join(f"{name} ({d:.3f})" for name, d in zip(self.top3, self.top3_distances))
+        lines = [f"{self.scan_id}: {self.combination}", f"  top 3 (distance): {top3}", f"  {self.explanation}"]
+        if self.similar_cases:
+            lines.append(f"  similar cases ({self.combination}, nearest first):")
+            lines += [f"    {c.case_id}  {c.combination}  {c.distance:.4f}" for c in self.similar_cases]
+        if self.similar_note:
+            lines.append(f"  note: {self.similar_note}")
+        lines.append(f"  model {self.model_version}; {INTENDED_USE}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ScanFailure:
+    """A scan that could not be screened; `kind` is a `scans.SCAN_ERROR_KINDS` value."""
+
+    scan_id: str
+    kind: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    """Similar cases per scan (row-aligned with the input) and, per scan, a note or None."""
+
+    cases: list[list[SimilarCase]]
+    notes: list[str | None]
+
+
+# --- the stages -------------------------------------------------------------------------------
+
+
+def decode(source: ScanSource, size: int) -> np.ndarray:
+    """One scan as the model's uint8 size×size input; raises ScanError for a bad scan."""
+    return preprocess_scan(source, ScanConfig(size=size))
+
+
+def regress(session: ort.InferenceSession, scans: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """N×2 coordinates of N×S×S uint8 scans, batched through ONNX Runtime."""
+    return run_regressor(session, scans, batch_size=batch_size)
+
+
+def classify(coords: np.ndarray, references: References) -> RuleResult:
+    """Top 3 and R1–R4 for N points; the product's decision is `.decision` (R4)."""
+    return apply_rules(coords, references)
+
+
+def explain(rules: RuleResult) -> list[str]:
+    """The paper's sentence for each of the N decisions."""
+    return [explanation(list(top3), decision) for top3, decision in zip(rules.top3, rules.decision)]
+
+
+def similar(index: CaseIndex | None, coords: np.ndarray, decisions: Sequence[str], k: int = DEFAULT_K) -> SimilarResult:
+    """The paper's lookup: the k known cases of each decision's combination nearest to its point.
+
+    Points are grouped by decision so each combination's partition is searched once for all
+    its scans. Without an index every scan gets no cases and a note saying how to build one.
+    """
+    points = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    if index is None:
+        return SimilarResult([[] for _ in points], [NO_INDEX_NOTE] * len(points))
+    cases: list[list[SimilarCase]] = [[] for _ in points]
+    notes: list[str | None] = [None] * len(points)
+    decisions = np.asarray(decisions, dtype=object)
+    for combination in dict.fromkeys(decisions):
+        rows = np.flatnonzero(decisions == combination)
+        if combination not in COMBINATION_INDEX:
+            # R4 can join the closest reference with recurrent classes into 4 classes, which no
+            # labelled image (at most 3 findings) has.
+            note = f"no known case has {combination}: labelled images have at most 3 findings, so at most 3 classes"
+            for row in rows:
+                notes[row] = note
+            continue
+        found = index.nearest(points[rows], combination=combination, k=k)
+        for i, row in enumerate(rows):
+            cases[row] = [
+                SimilarCase(str(case_id), str(name), float(distance))
+                for case_id, name, distance in zip(found.case_ids[i], found.combinations[i], found.distances[i])
+            ]
+            notes[row] = found.note
+    return SimilarResult(cases, notes)
+
+
+def assemble(
+    scan_ids: Sequence[str],
+    coords: np.ndarray,
+    rules: RuleResult,
+    sentences: Sequence[str],
+    similar_cases: SimilarResult,
+    model_version: str,
+) -> list[Screening]:
+    """Row-aligned stage outputs → one Screening per scan."""
+    bits = rules.bits["r4"]
+    return [
+        Screening(
+            scan_id=scan_id,
+            x=float(coords[i, 0]),
+            y=float(coords[i, 1]),
+            top3=[str(name) for name in rules.top3[i]],
+            top3_distances=[float(d) for d in rules.distances[i]],
+            combination=str(rules.decision[i]),
+            **{code: int(bits[i, j]) for j, code in enumerate(CLASSES)},
+            explanation=sentences[i],
+            similar_cases=similar_cases.cases[i],
+            similar_note=similar_cases.notes[i],
+            model_version=model_version,
+        )
+        for i, scan_id in enumerate(scan_ids)
+    ]
+
+
+# --- the whole chain --------------------------------------------------------------------------
+
+
+class Screener:
+    """A bundle opened once (ONNX session, references, case index) to screen scans with.
+
+    The index is the bundle's own (`index/`) unless one is given; a bundle without one still
+    screens, with no similar cases and a note saying how to add them.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        index: CaseIndex | None = None,
+        threads: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.bundle = bundle
+        self.index = index if index is not None else bundled_index(bundle)
+        self.session = open_session(bundle.onnx_path, threads=threads)
+        self.batch_size = batch_size
+
+    def screen(self, sources: Sequence[ScanSource], scan_ids: Sequence[str] | None = None,
+               k: int = DEFAULT_K) -> list[Screening]:
+        """Screen every scan in one ONNX batch; the first bad scan raises its ScanError."""
+        ids = _scan_ids(sources, scan_ids)
+        scans = [decode(source, self.bundle.image_size) for source in sources]
+        return self.screen_decoded(np.stack(scans) if scans else self._no_scans(), ids, k)
+
+    def screen_many(self, sources: Sequence[ScanSource], scan_ids: Sequence[str] | None = None,
+                    k: int = DEFAULT_K) -> list[Screening | ScanFailure]:
+        """Like `screen`, but a bad scan becomes a ScanFailure in its place and the others go on."""
+        ids = _scan_ids(sources, scan_ids)
+        results: list[Screening | ScanFailure | None] = [None] * len(ids)
+        good: list[int] = []
+        scans: list[np.ndarray] = []
+        for i, (source, scan_id) in enumerate(zip(sources, ids)):
+            try:
+                scans.append(decode(source, self.bundle.image_size))
+                good.append(i)
+            except ScanError as err:
+                log.debug("scan %s not screened (%s): %s", scan_id, err.kind, err.message)  # the caller reports it
+                results[i] = ScanFailure(scan_id, err.kind, err.message)
+        decoded = np.stack(scans) if scans else self._no_scans()
+        for i, screening in zip(good, self.screen_decoded(decoded, [ids[i] for i in good], k)):
+            results[i] = screening
+        return results  # type: ignore[return-value]  # every slot was filled above
+
+    def screen_decoded(self, scans: np.ndarray, scan_ids: Sequence[str], k: int = DEFAULT_K) -> list[Screening]:
+        """Screen scans already decoded to N×S×S uint8 (the batch job decodes in other tasks)."""
+        if k <= 0:
+            raise ValueError(f"k (the number of similar cases) must be positive; got {k}")
+        coords = regress(self.session, scans, self.batch_size)
+        rules = classify(coords, self.bundle.references)
+        found = similar(self.index, coords, list(rules.decision), k)
+        return assemble(scan_ids, coords, rules, explain(rules), found, self.bundle.model_version)
+
+    def case_images(self, screening: Screening, images_root: str | os.PathLike | None = None,
+                    size: int = THUMBNAIL_SIZE) -> list[tuple[str, str, float, np.ndarray | None]]:
+        """(case id, combination, distance, thumbnail or None) of each similar case, for the figure.
+
+        A relative case path is resolved under `images_root` (default: the working directory).
+        A case whose image cannot be read (moved, deleted) gets None, which the figure shows as
+        a placeholder: a missing picture must not hide the rest of the explanation.
+        """
+        if self.index is None:
+            return []
+        root = Path(images_root) if images_root is not None else Path.cwd()
+        thumbnails = []
+        for case in screening.similar_cases:
+            path = Path(self.index.case(case.case_id)["path"])
+            try:
+                image = decode(path if path.is_absolute() else root / path, size)
+            except ScanError as err:
+                log.warning("no thumbnail for case %s (%s): %s", case.case_id, err.kind, err.message)
+                image = None
+            thumbnails.append((case.case_id, case.combination, case.distance, image))
+        return thumbnails
+
+    def figure(self, screening: Screening, source: ScanSource,
+               images_root: str | os.PathLike | None = None) -> Figure:
+        """The explanation figure of a screened scan: the scan, its point, its similar cases."""
+        from clare_dist.plots import explanation_figure  # matplotlib loads only where figures are drawn
+
+        scan = decode(source, THUMBNAIL_SIZE)
+        cases = self.case_images(screening, images_root)
+        return explanation_figure(screening, self.bundle.references, cases, INTENDED_USE, scan_image=scan)
+
+    def _no_scans(self) -> np.ndarray:
+        return np.zeros((0, self.bundle.image_size, self.bundle.image_size), np.uint8)
+
+
+def bundled_index(bundle: Bundle) -> CaseIndex | None:
+    """The case index stored in the bundle, or None when the bundle has none yet."""
+    if not bundle.has_index:
+        log.info("the bundle at %s has no case index: no similar cases will be shown", bundle.path)
+        return None
+    from clare_dist.case_index import CaseIndex  # FAISS loads only for bundles that have an index
+
+    return CaseIndex.load(bundle.index_dir)
+
+
+def figure_paths(out: str | os.PathLike, scan_ids: Sequence[str]) -> list[Path]:
+    """Where each scan's figure goes: OUT for one scan, OUT-<scan name>.png for several.
+
+    If two scans share a name (same file name in two folders), every name is prefixed with the
+    scan's position, so no figure overwrites another.
+    """
+    out = Path(out)
+    if len(scan_ids) == 1:
+        return [out]
+    stems = [Path(scan_id).stem for scan_id in scan_ids]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i + 1}-{stem}" for i, stem in enumerate(stems)]
+    return [out.with_name(f"{out.stem}-{stem}{out.suffix or '.png'}") for stem in stems]
+
+
+def _scan_ids(sources: Sequence[ScanSource], scan_ids: Sequence[str] | None) -> list[str]:
+    """The caller's ids, else each path's file name (bytes without an id are numbered)."""
+    if scan_ids is not None:
+        if len(scan_ids) != len(sources):
+            raise ValueError(f"got {len(scan_ids)} scan ids for {len(sources)} scans; give one id per scan")
+        return [str(scan_id) for scan_id in scan_ids]
+    return [Path(s).name if isinstance(s, (str, os.PathLike)) else f"scan-{i}" for i, s in enumerate(sources)]
