@@ -29,6 +29,11 @@ by insertion order (lower first). With m = 1e-5 ≫ the float32 error this equal
 force on the same coordinates, ties included. (`IndexFlatL2` is not used: in FAISS 1.15 a single
 query goes through the ‖x‖² + ‖q‖² − 2x·q expansion, whose absolute error swamps the distances
 between close neighbours; IVFFlat's scan subtracts coordinates first.)
+
+With a GPU (faiss-gpu), the large partitions' indexes are copied to it and batches of at least
+GPU_MIN_QUERIES queries are scanned there, under the same stopping rule; single queries stay on
+the CPU, where a 2-D lookup is faster than a GPU round trip. The index is built on the CPU
+either way (assigning a point to its cell is one division) and saved from the CPU copy.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -116,7 +122,7 @@ class _Grid:
         return self.nx * self.ny
 
     @classmethod
-    def fit(cls, xy: np.ndarray, cases_per_cell: int | None) -> "_Grid":
+    def fit(cls, xy: np.ndarray, cases_per_cell: int | None) -> _Grid:
         """A lattice with about `cases_per_cell` points a cell (None: one cell, brute force).
 
         The extent is the 0.05–99.95 % quantiles, so a few far outliers do not stretch the cells.
@@ -205,7 +211,7 @@ class _Partition:
         grid.set_bounds(xy[rows], grid.cells(xy[rows]))
 
     @classmethod
-    def build(cls, rows: np.ndarray, xy: np.ndarray, cases_per_cell: int | None) -> "_Partition":
+    def build(cls, rows: np.ndarray, xy: np.ndarray, cases_per_cell: int | None) -> _Partition:
         points = np.ascontiguousarray(xy[rows], dtype=np.float32)
         grid = _Grid.fit(points, cases_per_cell)
         quantizer = faiss.IndexFlatL2(2)
@@ -353,7 +359,7 @@ class CaseIndex:
         if use_gpu:
             resources = faiss.StandardGpuResources()
             for partition in partitions.values():
-                if partition.ivf is not None:
+                if partition.grid.nlist > 1:  # the large partitions; a GPU gains nothing on the rest
                     partition.gpu_ivf = faiss.index_cpu_to_gpu(resources, 0, partition.ivf)
             self._gpu_resources = resources  # the GPU indexes use it: keep it alive with them
 
@@ -365,11 +371,12 @@ class CaseIndex:
         *,
         grid_min_cases: int = GRID_MIN_CASES,
         cases_per_cell: int = CASES_PER_CELL,
-    ) -> "CaseIndex":
+    ) -> CaseIndex:
         """Index a table with the columns `COLUMNS` (one row per labelled image).
 
-        Partitions of at least `grid_min_cases` cases get the grid (0 forces it everywhere, as the
-        tests do); `use_gpu` None means a GPU when FAISS sees one.
+        Partitions of at least `grid_min_cases` cases get a lattice of about `cases_per_cell`
+        cases a cell (grid_min_cases=0 forces it everywhere, as the tests do); smaller ones one
+        cell. `use_gpu` None means a GPU when FAISS sees one.
         """
         if cases_per_cell < 1:
             raise ValueError(f"cases_per_cell must be at least 1; got {cases_per_cell}")
@@ -383,9 +390,9 @@ class CaseIndex:
         }
         index = cls(table, partitions, gpu)
         log.info(
-            "indexed %d cases in %d combinations on the %s in %.1f s (%d partitions with a grid)",
-            len(table), len(partitions) - 1, "GPU" if gpu else "CPU", time.perf_counter() - started,
-            sum(p.grid.nlist > 1 for p in partitions.values()),
+            "indexed %d cases in %d combinations in %.1f s (%d partitions with a lattice), searching on the %s",
+            len(table), len(partitions) - 1, time.perf_counter() - started,
+            sum(p.grid.nlist > 1 for p in partitions.values()), "GPU" if gpu else "CPU",
         )
         return index
 
@@ -483,7 +490,7 @@ class CaseIndex:
         return out
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, use_gpu: bool | None = None) -> "CaseIndex":
+    def load(cls, directory: str | os.PathLike, use_gpu: bool | None = None) -> CaseIndex:
         """Read what `save` wrote; every inconsistency found is named in one CaseIndexError."""
         root = Path(directory)
 

@@ -146,7 +146,7 @@ def test_ties_and_duplicates_go_by_insertion_order(path):
 
 def test_pruning_by_blocks_equals_brute_force(monkeypatch, cases):
     """Query boxes of many cells (far outside the data) are pruned block by block first."""
-    import clare_dist.case_index as case_index
+    from clare_dist import case_index
 
     monkeypatch.setattr(case_index, "BLOCK_FROM", 4)
     index = build(cases, "grid")
