@@ -1,0 +1,122 @@
+"""Archive embedding on Ray Data: every scan of a backlog classified, explained and linked to cases.
+
+The pipeline is decode (CPU tasks) → ONNX Runtime regression (an actor pool; CUDA with a GPU)
+→ rules, explanation and similar cases (CPU tasks) → Parquet. The stages are
+`clare_dist.batch` functions. Resumption is the output's own: scans already in complete part
+files are not listed again, so a rerun after a kill screens only what is missing and never
+writes a row twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+
+from clare_dist.batch import (
+    RESULTS_DIR,
+    completed_scan_ids,
+    decode_batch,
+    finish_batch,
+    inputs_table,
+    list_archive,
+    read_results,
+)
+from clare_dist.bundle import load_bundle
+from clare_dist.export import open_session, run_regressor
+from clare_dist.screening import bundled_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Resources of the pipeline. On a small machine keep actors + decode tasks below the CPUs
+    (a pool holding every CPU starves the read and write tasks: ray#44687)."""
+
+    batch_size: int = 32
+    workers: int = 1
+    actor_cpus: float = 1.0
+    task_cpus: float = 0.5
+    ort_threads: int | None = None
+    k: int = 9
+
+
+class Regressor:
+    """The ONNX Runtime session, loaded once per actor."""
+
+    def __init__(self, onnx_path: str, threads: int | None):
+        self.session = open_session(onnx_path, threads=threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        coords = run_regressor(self.session, batch["scan"], batch_size=len(batch["scan"]))
+        return {key: batch[key] for key in ("scan_id", "path", "status", "error")} | {"x": coords[:, 0], "y": coords[:, 1]}
+
+
+@lru_cache(maxsize=2)
+def _bundle_for_task(bundle_path: str):
+    """Bundle and case index, loaded once per worker process rather than shipped with each task."""
+    bundle = load_bundle(bundle_path)
+    return bundle, bundled_index(bundle)
+
+
+def _finish(batch: pd.DataFrame, bundle_path: str, k: int) -> pd.DataFrame:
+    bundle, index = _bundle_for_task(bundle_path)
+    return finish_batch(batch, bundle.references, bundle.model_version, index=index, k=k)
+
+
+def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSettings = EmbedSettings()) -> pd.DataFrame:
+    """Screen every scan of `source` not yet in `out_dir`; return all result rows."""
+    bundle = load_bundle(bundle_path)
+    inputs = list_archive(source)
+    done = completed_scan_ids(out_dir)
+    todo = [scan for scan in inputs if scan.scan_id not in done]
+    log.info("%d scans in %s: %d already screened, %d to do", len(inputs), source, len(inputs) - len(todo), len(todo))
+    if todo:
+        start = time.perf_counter()
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        blocks = max(1, -(-len(todo) // settings.batch_size))
+        dataset = ray.data.from_pandas(inputs_table(todo)).repartition(blocks)
+        dataset = dataset.map_batches(
+            decode_batch, fn_kwargs={"image_size": bundle.image_size}, batch_size=settings.batch_size,
+            batch_format="numpy", num_cpus=settings.task_cpus,
+        )
+        dataset = dataset.map_batches(
+            Regressor, fn_constructor_kwargs={"onnx_path": str(bundle.onnx_path), "threads": settings.ort_threads},
+            compute=ray.data.ActorPoolStrategy(size=settings.workers), batch_size=settings.batch_size,
+            batch_format="numpy", num_cpus=settings.actor_cpus, num_gpus=1 if use_gpu else 0,
+        )
+        dataset = dataset.map_batches(
+            _finish, fn_kwargs={"bundle_path": str(bundle.path), "k": settings.k}, batch_size=settings.batch_size,
+            batch_format="pandas", num_cpus=settings.task_cpus,
+        )
+        dataset.write_parquet(str(out_dir / RESULTS_DIR))
+        log.info("screened %d scans in %.1f s", len(todo), time.perf_counter() - start)
+    results = read_results(out_dir)
+    counts = results["status"].value_counts().to_dict()
+    log.info("%s: %d rows (%s)", out_dir, len(results), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return results
+
+
+def build_case_index(bundle_path: Path, results: pd.DataFrame, labels: pd.DataFrame) -> int:
+    """The labelled archive's coordinates become the bundle's index of known cases."""
+    from clare_dist.case_index import CaseIndex, write_index_into_bundle
+
+    ok = results[results["status"] == "ok"].assign(image_index=lambda r: r["scan_id"].str.rsplit("/", n=1).str[-1])
+    cases = ok.merge(labels[["image_index", "combination", "fold"]], on="image_index", suffixes=("_predicted", ""))
+    if cases.empty:
+        raise ValueError("no screened scan matches an image_index of the label table; check --labels and --archive")
+    index = CaseIndex.build(pd.DataFrame({
+        "case_id": cases["image_index"], "path": cases["path"], "combination": cases["combination"],
+        "x": cases["x"].astype(np.float32), "y": cases["y"].astype(np.float32), "fold": cases["fold"].astype(int),
+    }))
+    write_index_into_bundle(bundle_path, index)
+    log.info("indexed %d known cases (%d screened scans had no label) into %s",
+             len(cases), len(ok) - len(cases), bundle_path)
+    return len(cases)

@@ -1,0 +1,143 @@
+"""The archive embedding job on Ray Data: one row per input, bad scans recorded, resumable."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scan_files import dicom_bytes, gradient, png_bytes, png_with_header_size
+
+from clare_dist.batch import RESULT_COLUMNS, list_archive, read_results
+from clare_dist.bundle import load_bundle
+from clare_dist.labels import CLASSES, combination_name
+
+# file name → expected status ("ok") or the error kind
+BAD_FILES = {
+    "empty.png": "empty",
+    "truncated.png": "truncated",
+    "notes.png": "not_an_image",
+    "huge.png": "too_many_pixels",
+    "no_pixels.dcm": "no_pixel_data",
+    "page.jpg": "not_an_image",
+    "random.dcm": "not_an_image",
+    "truncated.jpg": "truncated",
+    "bundle.png": "not_an_image",
+    "cut_pixels.dcm": "truncated",
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_archive(tiny_archive, tmp_path_factory):
+    """Good PNGs in the NIH layout, DICOMs and odd-but-valid files, and ten kinds of bad file."""
+    root = tmp_path_factory.mktemp("backlog")
+    nested = root / "images_001" / "images"
+    nested.mkdir(parents=True)
+    for png in sorted((tiny_archive / "archive" / "images").glob("*.png"))[:24]:
+        shutil.copy(png, nested / png.name)
+    odd = root / "odd"
+    odd.mkdir()
+    picture = gradient(96, 96)
+    (odd / "rgba.png").write_bytes(png_bytes(Image.fromarray(picture).convert("RGBA")))
+    (odd / "sixteen_bit.png").write_bytes(png_bytes(Image.fromarray((picture.astype(np.uint16) * 200))))
+    jpeg = io.BytesIO()
+    Image.fromarray(picture).save(jpeg, "JPEG")
+    (odd / "scan.jpg").write_bytes(jpeg.getvalue())
+    (odd / "png_named.dcm").write_bytes(png_bytes(Image.fromarray(picture)))
+    stored = (picture.astype(np.uint16) * 16)
+    (odd / "mono1.dcm").write_bytes(dicom_bytes(stored, bits_stored=12, photometric="MONOCHROME1"))
+    (odd / "DICOM0001").write_bytes(dicom_bytes(stored, bits_stored=12))
+
+    bad = root / "bad"
+    bad.mkdir()
+    whole_png = png_bytes(Image.fromarray(picture))
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "truncated.png").write_bytes(whole_png[: len(whole_png) // 2])
+    (bad / "notes.png").write_text("patient list: see the other file\n")
+    (bad / "huge.png").write_bytes(png_with_header_size(60000, 60000))
+    (bad / "no_pixels.dcm").write_bytes(dicom_bytes(None))
+    (bad / "page.jpg").write_text("<html><body>login</body></html>")
+    (bad / "random.dcm").write_bytes(np.random.default_rng(0).bytes(4096))
+    (bad / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("a.txt", "x")
+    (bad / "bundle.png").write_bytes(zipped.getvalue())
+    whole_dicom = dicom_bytes(stored)
+    (bad / "cut_pixels.dcm").write_bytes(whole_dicom[: len(whole_dicom) - 4000])
+    (root / ".DS_Store").write_bytes(b"\0")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_session(ray_address):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address)
+    return ray
+
+
+def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bundle, ray_session, tmp_path):
+    from jobs.embed import EmbedSettings, run_embed
+
+    inputs = list_archive(mixed_archive)
+    assert len(inputs) == 24 + 6 + len(BAD_FILES)  # hidden files are not scans
+    results = run_embed(tiny_bundle, mixed_archive, tmp_path, EmbedSettings(batch_size=8, task_cpus=0.25))
+    assert list(results.columns) == list(RESULT_COLUMNS)
+    assert sorted(results["scan_id"]) == sorted(s.scan_id for s in inputs)
+    by_name = results.assign(name=results["scan_id"].str.rsplit("/", n=1).str[-1]).set_index("name")
+    for name, kind in BAD_FILES.items():
+        assert by_name.loc[name, "status"] == "error", name
+        assert by_name.loc[name, "error"].startswith(f"{kind}: "), (name, by_name.loc[name, "error"])
+        assert pd.isna(by_name.loc[name, "x"]) and pd.isna(by_name.loc[name, "combination"])
+    ok = results[results["status"] == "ok"]
+    assert len(ok) == 30
+    assert ok["error"].isna().all() and np.isfinite(ok[["x", "y"]].to_numpy()).all()
+    for _, row in ok.iterrows():
+        assert combination_name([row[c] for c in CLASSES]) == row["combination"]
+    assert all(len(t) == 3 for t in ok["top3"]) and ok["explanation"].str.startswith("This scan is").all()
+    assert (results["model_version"] == load_bundle(tiny_bundle).model_version).all()
+
+    again = run_embed(tiny_bundle, mixed_archive, tmp_path, EmbedSettings(batch_size=8, task_cpus=0.25))
+    assert len(again) == len(results)  # nothing left to do, nothing written twice
+
+
+def _embed_command(bundle, archive, out, address):
+    return [sys.executable, "-m", "clare_dist", "embed", "--bundle", str(bundle), "--archive", str(archive),
+            "--out", str(out), "--batch-size", "4", "--address", address]
+
+
+def test_a_killed_run_resumed_equals_an_uninterrupted_one(tiny_archive, tiny_bundle, ray_address, tmp_path):
+    archive = tiny_archive / "archive" / "images"
+    whole = tmp_path / "whole"
+    done = subprocess.run(_embed_command(tiny_bundle, archive, whole, ray_address), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    cut = tmp_path / "cut"
+    first = subprocess.Popen(_embed_command(tiny_bundle, archive, cut, ray_address), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((cut / "results").glob("*.parquet")) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    partial = len(read_results(cut)) if (cut / "results").exists() else 0
+    assert 0 < partial < 160, "the run must be cut off before the end for this test to mean anything"
+
+    resumed = subprocess.run(_embed_command(tiny_bundle, archive, cut, ray_address), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = read_results(whole), read_results(cut)
+    assert len(got) == 160 and got["scan_id"].is_unique
+    pd.testing.assert_frame_equal(got.drop(columns=["x", "y", "top3_distances"]),
+                                  expected.drop(columns=["x", "y", "top3_distances"]))
+    assert np.allclose(got[["x", "y"]].to_numpy(), expected[["x", "y"]].to_numpy(), atol=1e-6)
