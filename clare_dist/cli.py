@@ -98,6 +98,11 @@ def synthesize(out: Path, n_images: int, size: int, seed: int, dicom: bool):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole method on the embedded default: archive → references → 5 folds → bundle → screening."""
+    from clare_dist.runs import init_run
+    from clare_dist.synth import write_broken_scans
+    from clare_dist.training import TrainConfig
+
     out = Path(args.out)
     archive = synthesize(out / "archive", args.n_images, args.size, args.seed, dicom=False)
     table = prepare(archive.data_entry_csv, out / "prepared")
@@ -105,7 +110,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("Table 1 of the synthetic archive (images per combination):")
     print(format_counts_table(combination_counts(table)))
     print(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}")
-    print(f"demo output in {out.resolve()}")
+
+    run = out / "run"
+    init_run(run, out / "prepared" / LABELS_FILE, out / "references")
+    _start_ray(args.address, args.num_cpus)
+    from jobs.embed import EmbedSettings, build_case_index, run_embed
+    from jobs.train_cv import run_cross_validation
+
+    config = TrainConfig(backbone="resnet18", image_size=args.size, epochs=args.epochs, batch_size=32,
+                         learning_rate=1e-3, patience=3, seed=args.seed, num_workers=0)
+    run_cross_validation(run / LABELS_FILE, archive.root, run / "references.json", run, config)
+    headline = _evaluate(run, quiet=True)
+    bundle = _export(run, archive.root, None, False)
+    settings = EmbedSettings(batch_size=32, task_cpus=0.25)
+    labelled = run_embed(bundle.path, archive.image_dir, out / "labelled", settings)
+    indexed = build_case_index(bundle.path, labelled, table)
+
+    backlog = synthesize(out / "backlog", args.backlog, args.size, args.seed + 1, dicom=False)
+    broken = write_broken_scans(backlog.image_dir)
+    screened = run_embed(bundle.path, backlog.image_dir, out / "screened", settings)
+    counts = screened["status"].value_counts()
+    print(f"cross-validation: R4 mean F1 {headline['r4_mean_f1']:.3f}, baseline (PR) {headline['baseline_pr_mean_f1']:.3f}"
+          f" — tables in {run / 'evaluation' / 'evaluation.md'}")
+    print(f"model bundle {bundle.model_version} with {indexed} indexed cases: {bundle.path}")
+    print(f"backlog: {len(screened)} scans ({len(broken)} broken on purpose): {counts.get('ok', 0)} screened, "
+          f"{counts.get('error', 0)} failed with their reason")
+    print(f"results: {out.resolve() / 'screened' / 'results'}")
     return 0
 
 
@@ -165,18 +195,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(run: Path, folds: list[int] | None = None) -> None:
-    from clare_dist.evaluation import (
-        evaluate_run,
-        evaluation_markdown,
-        write_evaluation,
-    )
+def _evaluate(run: Path, folds: list[int] | None = None, quiet: bool = False) -> dict:
+    from clare_dist.evaluation import evaluate_run, evaluation_markdown, write_evaluation
     from clare_dist.runs import EVALUATION_DIR
 
     evaluation = evaluate_run(run, folds)
     paths = write_evaluation(evaluation, run / EVALUATION_DIR)
-    print(evaluation_markdown(evaluation))
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if not quiet:
+        print(evaluation_markdown(evaluation))
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return evaluation.headline
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -184,7 +212,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(run: Path, images: Path, fold: int | None, ensemble: bool) -> None:
+def _export(run: Path, images: Path, fold: int | None, ensemble: bool):
     import json
 
     import pandas as pd
@@ -195,6 +223,7 @@ def _export(run: Path, images: Path, fold: int | None, ensemble: bool) -> None:
     table = pd.read_parquet(run / LABELS_FILE)
     bundle = export_run(run, check_images(table, images, settings["image_size"]), fold=fold, ensemble=ensemble)
     print(f"wrote model bundle {bundle.model_version} to {bundle.path}")
+    return bundle
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -247,9 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole method on a synthetic archive (the embedded default)")
     p.add_argument("--out", type=Path, default=Path("clare-demo"), help="output directory (default: clare-demo)")
-    p.add_argument("--n-images", type=int, default=1200, help="images in the synthetic archive")
-    p.add_argument("--size", type=int, default=128, help="side of the synthetic images in pixels")
+    p.add_argument("--n-images", type=int, default=500, help="images in the labelled synthetic archive")
+    p.add_argument("--size", type=int, default=48, help="side of the images and of the model input, in pixels")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per phase and fold")
+    p.add_argument("--backlog", type=int, default=120, help="scans in the backlog to screen (4 broken files are added)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic archive in the CXR14 layout")

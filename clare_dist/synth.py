@@ -17,8 +17,10 @@ deterministic for a seed: the same config writes a byte-identical CSV and identi
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import os
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
@@ -561,3 +563,25 @@ def _write_dicom(
     ds.WindowCenter, ds.WindowWidth = center + intercept, hi - lo
     ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def write_broken_scans(directory: str | os.PathLike) -> list[Path]:
+    """A few files of the kinds a real backlog holds by mistake, for the demo's screening run.
+
+    Each must come out of a batch run as a row with status=error and its reason, not stop it.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    picture = Image.fromarray((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    whole = buffer.getvalue()
+    files = {
+        "99990001_000.png": b"",
+        "99990002_000.png": whole[: len(whole) // 2],
+        "99990003_000.png": b"transfer log: 12 files sent\n",
+        "99990004_000.dcm": b"\0" * 128 + b"DICM" + b"\0" * 64,
+    }
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return [out / name for name in files]

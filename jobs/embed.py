@@ -60,15 +60,23 @@ class Regressor:
 
 
 @lru_cache(maxsize=2)
-def _bundle_for_task(bundle_path: str):
-    """Bundle and case index, loaded once per worker process rather than shipped with each task."""
+def _bundle_for_task(bundle_path: str, manifest_stamp: str):
+    """Bundle and case index, loaded once per worker process rather than shipped with each task.
+
+    Worker processes outlive a job; the manifest's stamp in the key makes a rebuilt index or a
+    replaced bundle load afresh.
+    """
     bundle = load_bundle(bundle_path)
     return bundle, bundled_index(bundle)
 
 
-def _finish(batch: pd.DataFrame, bundle_path: str, k: int) -> pd.DataFrame:
-    bundle, index = _bundle_for_task(bundle_path)
+def _finish(batch: pd.DataFrame, bundle_path: str, manifest_stamp: str, k: int) -> pd.DataFrame:
+    bundle, index = _bundle_for_task(bundle_path, manifest_stamp)
     return finish_batch(batch, bundle.references, bundle.model_version, index=index, k=k)
+
+
+def _stamp(bundle) -> str:
+    return f"{bundle.model_version}/{bundle.manifest.get('index', {}).get('built_at')}"
 
 
 def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSettings = EmbedSettings()) -> pd.DataFrame:
@@ -93,7 +101,7 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
             batch_format="numpy", num_cpus=settings.actor_cpus, num_gpus=1 if use_gpu else 0,
         )
         dataset = dataset.map_batches(
-            _finish, fn_kwargs={"bundle_path": str(bundle.path), "k": settings.k}, batch_size=settings.batch_size,
+            _finish, fn_kwargs={"bundle_path": str(bundle.path), "manifest_stamp": _stamp(bundle), "k": settings.k}, batch_size=settings.batch_size,
             batch_format="pandas", num_cpus=settings.task_cpus,
         )
         dataset.write_parquet(str(out_dir / RESULTS_DIR))

@@ -1,20 +1,34 @@
-"""The README's first command, at a reduced size."""
+"""The README's first command, end to end at a reduced size, on the session's Ray."""
 
 import pandas as pd
 
+from clare_dist.batch import read_results
+from clare_dist.bundle import load_bundle
 from clare_dist.cli import main
 from clare_dist.labels import COMBINATIONS
 
 
-def test_demo_runs_synth_prepare_references_and_prints_table_1(tmp_path, capsys):
+def test_demo_trains_bundles_indexes_and_screens_a_backlog(tmp_path, capsys, ray_address):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n-images", "120", "--size", "64"]) == 0
+    argv = ["demo", "--out", str(out), "--n-images", "120", "--size", "48", "--epochs", "1", "--backlog", "60",
+            "--address", ray_address]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Table 1 of the synthetic archive" in printed and "26 combinations, 120 images" in printed
-    table = pd.read_parquet(out / "prepared" / "labels.parquet")
-    assert set(table["combination"]) == set(COMBINATIONS)
-    assert len(list((out / "archive" / "images").glob("*.png"))) == 120
-    assert (out / "references" / "references.json").exists()
+    assert set(pd.read_parquet(out / "prepared" / "labels.parquet")["combination"]) == set(COMBINATIONS)
+
+    bundle = load_bundle(out / "run" / "bundle")
+    assert bundle.has_index and bundle.manifest["index"]["cases"] == 120
+    assert (out / "run" / "evaluation" / "evaluation.md").exists()
+
+    screened = read_results(out / "screened")
+    assert len(screened) == 64 and screened["scan_id"].is_unique
+    failed = screened[screened["status"] == "error"].set_index("scan_id")["error"]
+    assert sorted(failed.str.split(":").str[0]) == ["empty", "no_pixel_data", "not_an_image", "truncated"]
+    ok = screened[screened["status"] == "ok"]
+    assert (ok["model_version"] == bundle.model_version).all()
+    assert ok["similar_cases"].map(len).gt(0).any()
+    assert str(out.resolve() / "screened" / "results") in printed
 
 
 def test_synth_cli_writes_dicom(tmp_path, capsys):
