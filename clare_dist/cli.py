@@ -180,6 +180,9 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
 
     import ray
 
+    if ray.is_initialized():
+        log.info("using the Ray instance this process is already connected to")
+        return
     # A worker that imports torch on a busy node can take over Ray Train's default 60 s to start.
     runtime_env = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S}}
     if address or os.environ.get("RAY_ADDRESS"):

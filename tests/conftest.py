@@ -60,6 +60,12 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield f"127.0.0.1:{port}"
     finally:
+        import ray
+
+        # A process still connected when its cluster stops is terminated by Ray with an error
+        # code, after the tests have passed: disconnect first.
+        if ray.is_initialized():
+            ray.shutdown()
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
