@@ -29,8 +29,6 @@ from clare_dist.scans import ScanError
 
 log = logging.getLogger("clare_dist")
 
-WORKER_START_TIMEOUT_S = "600"
-
 # Failures a person can fix from the message alone: printed without a traceback, exit code 2.
 USER_ERRORS = (
     MetadataError, LabelError, ScanError, FileNotFoundError, NotADirectoryError, RunError, BundleError, CaseIndexError,
@@ -113,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run = out / "run"
     init_run(run, out / "prepared" / LABELS_FILE, out / "references")
-    _start_ray(args.address, args.num_cpus)
+    _connect_ray(args.address, args.num_cpus)
     from jobs.embed import EmbedSettings, build_case_index, run_embed
     from jobs.train_cv import run_cross_validation
 
@@ -150,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.loader_workers,
     )
     init_run(args.out, args.labels, args.references)
-    _start_ray(args.address, args.num_cpus)
+    _connect_ray(args.address, args.num_cpus)
     from jobs.train_cv import run_cross_validation
 
     run_cross_validation(
@@ -174,23 +172,10 @@ def _parse_folds(text: str) -> list[int]:
     return folds
 
 
-def _start_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); otherwise start a local Ray instance."""
-    import os
+def _connect_ray(address: str | None, num_cpus: int | None) -> None:
+    from jobs.cluster import connect
 
-    import ray
-
-    if ray.is_initialized():
-        log.info("using the Ray instance this process is already connected to")
-        return
-    # A worker that imports torch on a busy node can take over Ray Train's default 60 s to start.
-    runtime_env = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": WORKER_START_TIMEOUT_S}}
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
-    log.info("Ray cluster resources: %s", ray.cluster_resources())
+    connect(address, num_cpus)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -199,7 +184,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(run: Path, folds: list[int] | None = None, quiet: bool = False) -> dict:
-    from clare_dist.evaluation import evaluate_run, evaluation_markdown, write_evaluation
+    from clare_dist.evaluation import (
+        evaluate_run,
+        evaluation_markdown,
+        write_evaluation,
+    )
     from clare_dist.runs import EVALUATION_DIR
 
     evaluation = evaluate_run(run, folds)
@@ -256,7 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    _start_ray(args.address, args.num_cpus)
+    _connect_ray(args.address, args.num_cpus)
     from jobs.embed import EmbedSettings, build_case_index, run_embed
 
     settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k)
