@@ -261,6 +261,26 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP API on Ray Serve, until interrupted (Ctrl-C)."""
+    from clare_dist.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)  # a wrong path fails here, in words, not in a replica's log
+    _connect_ray(args.address, args.num_cpus)
+    from serve.app import run
+
+    app_args = {"bundle": str(bundle.path.resolve()), "max_body_mb": args.max_body_mb, "replicas": args.replicas,
+                "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
+    print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops")
+    try:
+        run(app_args, host=args.host, port=args.port, blocking=True)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clare-dist", description="Explainable chest X-ray screening (CLARE-XR).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -356,6 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, default=None,
                    help="folder the indexed cases' relative paths are resolved in, for thumbnails (default: .)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="the HTTP screening API on Ray Serve (POST /v1/predict, docs at /docs)")
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    scaling = p.add_mutually_exclusive_group()
+    scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decode and regressor stages")
+    scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
+    p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")
+    p.add_argument("--images", type=Path, default=None, help="folder the indexed cases' relative paths are under")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

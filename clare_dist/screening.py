@@ -188,6 +188,54 @@ def assemble(
     ]
 
 
+def screen_points(coords: np.ndarray, scan_ids: Sequence[str], references: References, index: CaseIndex | None,
+                  model_version: str, k: int = DEFAULT_K) -> list[Screening]:
+    """Everything after regression, for N points: rules, sentences, similar cases, results.
+
+    The stages that need no model: the serving chain runs them on CPU replicas apart from
+    the regressor, `Screener` right after it.
+    """
+    if k <= 0:
+        raise ValueError(f"k (the number of similar cases) must be positive; got {k}")
+    coords = np.asarray(coords, dtype=np.float32).reshape(-1, 2)
+    rules = classify(coords, references)
+    found = similar(index, coords, list(rules.decision), k)
+    return assemble(scan_ids, coords, rules, explain(rules), found, model_version)
+
+
+def case_thumbnail(index: CaseIndex, case_id: str, images_root: str | os.PathLike | None = None,
+                   size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """An indexed case's image as a size×size uint8 thumbnail.
+
+    Only ids in the index have a path, so no caller can make this read any other file. A
+    relative case path is resolved under `images_root` (default: the working directory).
+    Raises UnknownCaseError for an id not in the index, ScanError when the image is unreadable.
+    """
+    path = Path(index.case(case_id)["path"])
+    root = Path(images_root) if images_root is not None else Path.cwd()
+    return decode(path if path.is_absolute() else root / path, size)
+
+
+def case_images(index: CaseIndex | None, screening: Screening, images_root: str | os.PathLike | None = None,
+                size: int = THUMBNAIL_SIZE) -> list[tuple[str, str, float, np.ndarray | None]]:
+    """(case id, combination, distance, thumbnail or None) of each similar case, for the figure.
+
+    A case whose image cannot be read (moved, deleted) gets None, which the figure shows as
+    a placeholder: a missing picture must not hide the rest of the explanation.
+    """
+    if index is None:
+        return []
+    thumbnails = []
+    for case in screening.similar_cases:
+        try:
+            image = case_thumbnail(index, case.case_id, images_root, size)
+        except ScanError as err:
+            log.warning("no thumbnail for case %s (%s): %s", case.case_id, err.kind, err.message)
+            image = None
+        thumbnails.append((case.case_id, case.combination, case.distance, image))
+    return thumbnails
+
+
 # --- the whole chain --------------------------------------------------------------------------
 
 
@@ -238,43 +286,21 @@ class Screener:
 
     def screen_decoded(self, scans: np.ndarray, scan_ids: Sequence[str], k: int = DEFAULT_K) -> list[Screening]:
         """Screen scans already decoded to N×S×S uint8 (the batch job decodes in other tasks)."""
-        if k <= 0:
-            raise ValueError(f"k (the number of similar cases) must be positive; got {k}")
         coords = regress(self.session, scans, self.batch_size)
-        rules = classify(coords, self.bundle.references)
-        found = similar(self.index, coords, list(rules.decision), k)
-        return assemble(scan_ids, coords, rules, explain(rules), found, self.bundle.model_version)
+        return screen_points(coords, scan_ids, self.bundle.references, self.index, self.bundle.model_version, k)
 
     def case_images(self, screening: Screening, images_root: str | os.PathLike | None = None,
                     size: int = THUMBNAIL_SIZE) -> list[tuple[str, str, float, np.ndarray | None]]:
-        """(case id, combination, distance, thumbnail or None) of each similar case, for the figure.
-
-        A relative case path is resolved under `images_root` (default: the working directory).
-        A case whose image cannot be read (moved, deleted) gets None, which the figure shows as
-        a placeholder: a missing picture must not hide the rest of the explanation.
-        """
-        if self.index is None:
-            return []
-        root = Path(images_root) if images_root is not None else Path.cwd()
-        thumbnails = []
-        for case in screening.similar_cases:
-            path = Path(self.index.case(case.case_id)["path"])
-            try:
-                image = decode(path if path.is_absolute() else root / path, size)
-            except ScanError as err:
-                log.warning("no thumbnail for case %s (%s): %s", case.case_id, err.kind, err.message)
-                image = None
-            thumbnails.append((case.case_id, case.combination, case.distance, image))
-        return thumbnails
+        """(case id, combination, distance, thumbnail or None) of each similar case, for the figure."""
+        return case_images(self.index, screening, images_root, size)
 
     def figure(self, screening: Screening, source: ScanSource,
                images_root: str | os.PathLike | None = None) -> Figure:
         """The explanation figure of a screened scan: the scan, its point, its similar cases."""
         from clare_dist.plots import explanation_figure  # matplotlib loads only where figures are drawn
 
-        scan = decode(source, THUMBNAIL_SIZE)
-        cases = self.case_images(screening, images_root)
-        return explanation_figure(screening, self.bundle.references, cases, INTENDED_USE, scan_image=scan)
+        return explanation_figure(screening, self.bundle.references, self.case_images(screening, images_root),
+                                  INTENDED_USE, scan_image=decode(source, THUMBNAIL_SIZE))
 
     def _no_scans(self) -> np.ndarray:
         return np.zeros((0, self.bundle.image_size, self.bundle.image_size), np.uint8)

@@ -100,3 +100,48 @@ def tiny_bundle(tiny_archive: Path, reference_dir: Path, tmp_path_factory: pytes
     write_bundle(out / "bundle", out / "regressor.onnx", reference_dir / "references.json", backbone="resnet18",
                  image_size=48, folds=[0], ensemble=False, metrics={})
     return out / "bundle"
+
+
+@pytest.fixture(scope="session")
+def indexed_tiny_bundle(tiny_archive: Path, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_bundle with a case index of the tiny archive: its scans screened in-process, with their
+    ground truth; case paths are relative to tiny_archive / "archive" (the images root)."""
+    import shutil
+
+    import pandas as pd
+
+    from clare_dist.bundle import load_bundle
+    from clare_dist.case_index import CaseIndex, write_index_into_bundle
+    from clare_dist.screening import Screener
+
+    path = tmp_path_factory.mktemp("indexed") / "bundle"
+    shutil.copytree(tiny_bundle, path)
+    root = tiny_archive / "archive"
+    labels = pd.read_parquet(tiny_archive / "prepared" / "labels.parquet")
+    files = [root / "images" / name for name in labels["image_index"]]
+    screened = Screener(load_bundle(path), threads=1).screen(files)
+    cases = pd.DataFrame({
+        "case_id": labels["image_index"], "path": [f"images/{name}" for name in labels["image_index"]],
+        "combination": labels["combination"], "x": [s.x for s in screened], "y": [s.y for s in screened],
+        "fold": labels["fold"].astype(int),
+    })
+    write_index_into_bundle(path, CaseIndex.build(cases, use_gpu=False))
+    return path
+
+
+_SERVE_PORT: list[int] = []
+
+
+def start_serve() -> int:
+    """Serve's HTTP proxy on a free loopback port, started once in the session's Ray (which the
+    caller is connected to); later calls return the same port."""
+    import socket
+
+    from ray import serve
+
+    if not _SERVE_PORT:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            _SERVE_PORT.append(s.getsockname()[1])
+        serve.start(http_options={"host": "127.0.0.1", "port": _SERVE_PORT[0]})
+    return _SERVE_PORT[0]

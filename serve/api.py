@@ -1,0 +1,261 @@
+"""The HTTP API: a FastAPI ingress that checks each request and walks it through the stages.
+
+The ingress does what must happen before any work is spent on a request — authentication,
+the body size limit, the content type — and turns every outcome into a JSON answer that
+carries the request id and the model version. The stages do the work.
+"""
+
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from ray.util import metrics
+from starlette.datastructures import Headers
+from starlette.formparsers import MultiPartParser
+
+from clare_dist.bundle import INTENDED_USE, load_bundle
+from clare_dist.screening import DEFAULT_K, ScanFailure
+
+log = logging.getLogger("ray.serve")
+
+API_VERSION = "v1"
+TOKEN_ENV = "CLARE_API_TOKEN"
+READY_TIMEOUT_S = 5.0
+MAX_K = 100
+SCAN_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "application/dicom", "application/octet-stream"})
+STAGE_BUCKETS_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+
+api = FastAPI(
+    title="clare-dist screening API",
+    version=API_VERSION,
+    description=f"Explainable chest X-ray screening (CLARE-XR). {INTENDED_USE}",
+)
+
+
+class APIError(Exception):
+    """A request that is answered with `status` and a JSON reason instead of a screening."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+def request_id(request: Request) -> str:
+    """The id Serve's proxy gave the request (or the caller's own x-request-id)."""
+    return request.headers.get("x-request-id", "")
+
+
+def _error_body(request: Request, error: str, detail: Any) -> dict[str, Any]:
+    return {"error": error, "detail": detail, "request_id": request_id(request),
+            "model_version": getattr(request.app.state, "model_version", None)}
+
+
+@api.exception_handler(APIError)
+async def _api_error(request: Request, err: APIError) -> JSONResponse:
+    return JSONResponse(_error_body(request, err.error, err.detail), status_code=err.status, headers=err.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_parameters(request: Request, err: RequestValidationError) -> JSONResponse:
+    detail = [{"where": list(e["loc"]), "problem": e["msg"]} for e in err.errors()]
+    return JSONResponse(_error_body(request, "invalid_parameters", detail), status_code=422)
+
+
+@api.middleware("http")
+async def _count(request: Request, call_next):
+    """Stamp every answer with the model version; count answers by route and status (for Prometheus,
+    through Ray's metrics export)."""
+    try:
+        response = await call_next(request)
+    except Exception:
+        log.exception("request %s failed", request_id(request))
+        response = JSONResponse(_error_body(request, "internal", "the server failed on this request; it is logged under its request id"),
+                                status_code=500)
+    version = getattr(request.app.state, "model_version", None)
+    if version is not None:
+        response.headers["x-model-version"] = version
+    counter = getattr(request.app.state, "requests_counter", None)
+    if counter is not None:
+        route = request.scope.get("route")
+        counter.inc(tags={"route": getattr(route, "path", "unmatched"), "status": str(response.status_code)})
+    return response
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def scan_bytes(request: Request, limit: int) -> bytes:
+    """The scan of a request: a raw body with an image or DICOM content type, or one multipart file."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, limit)
+    if content_type == "multipart/form-data":
+        return await _multipart_scan(request.headers, body)
+    if content_type not in SCAN_TYPES:
+        raise APIError(415, "unsupported_media_type",
+                       f"send the scan as {', '.join(sorted(SCAN_TYPES))} or as a multipart/form-data file; got {content_type or 'no content type'}")
+    return body
+
+
+async def _multipart_scan(headers: Headers, body: bytes) -> bytes:
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(headers, stream(), max_files=1, max_fields=8).parse()
+    except Exception as err:  # starlette raises its own HTTPException / MultiPartException types
+        raise APIError(400, "bad_multipart", f"the multipart body could not be parsed: {err}") from None
+    files = [value for _, value in form.multi_items() if not isinstance(value, str)]
+    if len(files) != 1:
+        raise APIError(400, "bad_multipart", f"send exactly one file in the multipart body; got {len(files)}")
+    part_type = (files[0].content_type or "application/octet-stream").split(";")[0].strip().lower()
+    if part_type not in SCAN_TYPES:
+        raise APIError(415, "unsupported_media_type", f"the uploaded file is {part_type}; send PNG, JPEG or DICOM")
+    return await files[0].read()
+
+
+def _too_large(size: int, limit: int) -> APIError:
+    return APIError(413, "payload_too_large", f"the body is {size:,} bytes or more; the limit is {limit:,} bytes")
+
+
+def _server_timing(timings: dict[str, float]) -> dict[str, str]:
+    """Per-stage times in the standard Server-Timing header, for clients and benchmarks."""
+    return {"server-timing": ", ".join(f"{stage};dur={seconds * 1000:.2f}" for stage, seconds in timings.items())}
+
+
+@serve.deployment(name="ClareAPI", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
+@serve.ingress(api)
+class ClareAPI:
+    """The ingress: one replica handles many requests at once; it only waits on the stages."""
+
+    def __init__(self, preprocessor: DeploymentHandle, regressor: DeploymentHandle, lookup: DeploymentHandle,
+                 bundle: str, max_body_mb: float) -> None:
+        self.preprocessor, self.regressor, self.lookup = preprocessor, regressor, lookup
+        self.model_version = load_bundle(bundle).model_version
+        self.max_body = int(max_body_mb * 1024 * 1024)
+        self.token = os.environ.get(TOKEN_ENV) or None
+        api.state.model_version = self.model_version
+        api.state.requests_counter = metrics.Counter(
+            "clare_api_requests", description="Answers of the clare-dist API by route and HTTP status",
+            tag_keys=("route", "status"))
+        self.stage_seconds = metrics.Histogram(
+            "clare_api_stage_seconds", description="Time per stage of a screening request, hop included",
+            boundaries=STAGE_BUCKETS_S, tag_keys=("stage",))
+        log.info("clare-dist API for model %s; bearer token %s", self.model_version, "required" if self.token else "off")
+
+    @api.get("/healthz", summary="Alive: the ingress replica answers")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "alive"}
+
+    @api.get("/readyz", summary="Ready: the bundle is loaded and every stage answers with the same model")
+    async def readyz(self, request: Request) -> JSONResponse:
+        stages = {"Preprocessor": self.preprocessor, "Regressor": self.regressor, "CaseLookup": self.lookup}
+        answers = await asyncio.gather(*(self._stage_version(h) for h in stages.values()))
+        status = {name: version for name, version in zip(stages, answers)}
+        ready = all(version == self.model_version for version in answers)
+        return JSONResponse({"ready": ready, "model_version": self.model_version, "stages": status},
+                            status_code=200 if ready else 503)
+
+    @api.post("/v1/predict", summary="Screen one scan: decision, explanation, similar known cases")
+    async def predict(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> JSONResponse:
+        self._authorize(request)
+        rid = request_id(request)
+        decoded, coords, timings = await self._regress(request, rid, thumbnail=False)
+        start = time.perf_counter()
+        screening = await self.lookup.screen.remote(coords, rid, k)
+        timings["lookup"] = time.perf_counter() - start
+        self._observe(timings)
+        return JSONResponse(self._answer(request, screening), headers=_server_timing(timings))
+
+    @api.post("/v1/predict/plot", summary="The same screening as a PNG: reference space and similar cases",
+              response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def predict_plot(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> Response:
+        self._authorize(request)
+        rid = request_id(request)
+        decoded, coords, timings = await self._regress(request, rid, thumbnail=True)
+        start = time.perf_counter()
+        png = await self.lookup.plot.remote(coords, rid, k, decoded.thumbnail)
+        timings["plot"] = time.perf_counter() - start
+        self._observe(timings)
+        return Response(png, media_type="image/png", headers=_server_timing(timings))
+
+    @api.get("/v1/cases/{case_id}/image", summary="Thumbnail of an indexed known case",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def case_image(self, request: Request, case_id: str) -> Response:
+        self._authorize(request)
+        png, reason = await self.lookup.case_image.remote(case_id)
+        if png is None:
+            raise APIError(404, "unknown_case", reason)
+        return Response(png, media_type="image/png")
+
+    async def _regress(self, request: Request, rid: str, thumbnail: bool):
+        """Body → decoded scan → coordinates, with the time each hop took."""
+        body = await scan_bytes(request, self.max_body)
+        timings: dict[str, float] = {}
+        try:
+            start = time.perf_counter()
+            decoded = await self.preprocessor.remote(body, rid, thumbnail)
+            timings["decode"] = time.perf_counter() - start
+            if isinstance(decoded, ScanFailure):
+                raise APIError(422, decoded.kind, decoded.reason)
+            start = time.perf_counter()
+            coords = await self.regressor.remote(decoded.scan)
+            timings["regress"] = time.perf_counter() - start
+        except BackPressureError:
+            raise APIError(503, "overloaded", "the server is at capacity; retry after a short wait",
+                           headers={"Retry-After": "1"}) from None
+        return decoded, coords, timings
+
+    def _authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise APIError(401, "unauthorized", "send 'Authorization: Bearer <token>' with this server's API token",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def _answer(self, request: Request, screening: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "request_id": request_id(request),
+            "model_version": screening["model_version"],
+            "decision": screening["combination"],
+            "classes": {code: screening[code] for code in ("Ca", "Pa", "Pn", "Pl", "Ot")},
+            "top3": [{"combination": name, "distance": d} for name, d in zip(screening["top3"], screening["top3_distances"])],
+            "coordinates": {"x": screening["x"], "y": screening["y"]},
+            "explanation": screening["explanation"],
+            "similar_cases": screening["similar_cases"],
+            "similar_note": screening["similar_note"],
+            "intended_use": INTENDED_USE,
+        }
+
+    def _observe(self, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.stage_seconds.observe(seconds, tags={"stage": stage})
+
+    async def _stage_version(self, handle: DeploymentHandle) -> str | None:
+        try:
+            return await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S)
+        except Exception as err:  # a stage that is down or still starting is reported as not ready
+            log.warning("readiness: %s did not answer: %s", handle.deployment_name, type(err).__name__)
+            return None
+

@@ -1,0 +1,88 @@
+"""The application builder: one bundle path in, the whole serving chain out.
+
+`serve/config.yaml` (what KubeRay runs) names `serve.app:build_app` with its args;
+`clare-dist serve` calls `run` with the same args. Replica counts and autoscaling for a
+cluster are set in the config; `--autoscale` locally applies the config's settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve import Application
+
+from serve.api import ClareAPI
+from serve.stages import CaseLookup, Preprocessor, Regressor
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "clare"
+CONFIG_FILE = Path(__file__).with_name("config.yaml")
+SCALED_STAGES = ("Preprocessor", "Regressor")
+
+
+class AppArgs(BaseModel):
+    """What the application is built from: the bundle, and the knobs that are not replica counts."""
+
+    bundle: str = Field(description="model bundle directory (mounted read-only in a cluster)")
+    images_root: str | None = Field(None, description="directory that relative case image paths of the index are under")
+    max_body_mb: float = Field(64, gt=0, description="largest accepted request body, in MiB (413 beyond)")
+    max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a regressor batch waits to fill")
+    ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads per regressor replica")
+    regressor_gpus: float | None = Field(None, ge=0, description="GPUs per regressor replica; default: 1 if the cluster has GPUs")
+    replicas: int | None = Field(None, ge=1, description="fixed replica count of the Preprocessor and Regressor")
+    autoscale: bool = Field(False, description="autoscale the stages with serve/config.yaml's settings")
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve's application builder (`import_path: serve.app:build_app`).
+
+    The CPU shares in the code fit a laptop (the whole chain in 1.5 CPUs); serve/config.yaml
+    sets a cluster's.
+    """
+    settings = AppArgs.model_validate(args)
+    stages = {
+        "Preprocessor": Preprocessor.options(),
+        "Regressor": Regressor.options(ray_actor_options=Regressor.ray_actor_options | {"num_gpus": _regressor_gpus(settings)}),
+        "CaseLookup": CaseLookup.options(),
+    }
+    if settings.replicas is not None and settings.autoscale:
+        raise ValueError("give either a fixed replica count or autoscaling, not both")
+    if settings.replicas is not None:
+        stages = {name: d.options(num_replicas=settings.replicas) if name in SCALED_STAGES else d for name, d in stages.items()}
+    if settings.autoscale:
+        scaling = config_autoscaling()
+        stages = {name: d.options(autoscaling_config=scaling[name]) for name, d in stages.items()}
+    return ClareAPI.bind(
+        stages["Preprocessor"].bind(settings.bundle),
+        stages["Regressor"].bind(settings.bundle, settings.max_batch_size, settings.batch_wait_ms / 1000, settings.ort_threads),
+        stages["CaseLookup"].bind(settings.bundle, settings.images_root),
+        settings.bundle,
+        settings.max_body_mb,
+    )
+
+
+def config_autoscaling(config_file: Path = CONFIG_FILE) -> dict[str, dict[str, Any]]:
+    """Each deployment's autoscaling_config as serve/config.yaml sets it for a cluster."""
+    config = yaml.safe_load(config_file.read_text())
+    (app,) = [a for a in config["applications"] if a["name"] == APP_NAME]
+    return {d["name"]: d["autoscaling_config"] for d in app["deployments"] if "autoscaling_config" in d}
+
+
+def run(args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, blocking: bool = True) -> None:
+    """Start Serve's HTTP proxy on host:port and deploy the application (Ray must be connected)."""
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=blocking)
+
+
+def _regressor_gpus(settings: AppArgs) -> float:
+    if settings.regressor_gpus is not None:
+        return settings.regressor_gpus
+    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

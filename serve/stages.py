@@ -1,0 +1,142 @@
+"""The serving chain's stages, each a Ray Serve deployment that scales on its own.
+
+Preprocessor (CPU: decode, validate, resize) → Regressor (ONNX Runtime with dynamic
+batching; a GPU when the replica has one) → CaseLookup (R4 rules, the explanation and the
+nearest known cases: microseconds of CPU, so one stage rather than two hops). Every stage
+is a `clare_dist` call; each loads the same bundle and reports its model version, so the
+ingress can tell when all of them serve the same model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from ray import serve
+
+from clare_dist.bundle import INTENDED_USE, load_bundle
+from clare_dist.export import open_session
+from clare_dist.screening import (
+    THUMBNAIL_SIZE,
+    ScanFailure,
+    bundled_index,
+    case_images,
+    case_thumbnail,
+    decode,
+    regress,
+    screen_points,
+)
+from clare_dist.scans import ScanError
+
+log = logging.getLogger("ray.serve")  # Serve adds the request id to this logger's records
+
+
+@dataclass(frozen=True)
+class DecodedScan:
+    """A scan as the model's input, plus a small picture of it when a figure is wanted."""
+
+    scan: np.ndarray
+    thumbnail: np.ndarray | None
+
+
+@serve.deployment(name="Preprocessor", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
+class Preprocessor:
+    """Decode, validate and resize one scan. Bad scans come back as a ScanFailure, not an
+    exception, so the ingress answers 422 with the reason without unwrapping Ray errors."""
+
+    def __init__(self, bundle: str) -> None:
+        manifest = load_bundle(bundle)
+        self.size = manifest.image_size
+        self.model_version = manifest.model_version
+
+    def __call__(self, body: bytes, scan_id: str, thumbnail: bool = False) -> DecodedScan | ScanFailure:
+        try:
+            scan = decode(body, self.size)
+            small = decode(body, THUMBNAIL_SIZE) if thumbnail else None
+        except ScanError as err:
+            return ScanFailure(scan_id, err.kind, err.message)
+        return DecodedScan(scan, small)
+
+    def ready(self) -> str:
+        return self.model_version
+
+
+@serve.deployment(name="Regressor", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Regressor:
+    """The ONNX regressor. Requests arriving together run as one batch; the batch runs in a
+    thread so the replica keeps accepting requests (which fill the next batch) meanwhile."""
+
+    def __init__(self, bundle: str, max_batch_size: int, batch_wait_s: float, threads: int | None) -> None:
+        loaded = load_bundle(bundle)
+        self.model_version = loaded.model_version
+        self.session = open_session(loaded.onnx_path, threads=threads)
+        self.predict.set_max_batch_size(max_batch_size)
+        self.predict.set_batch_wait_timeout_s(batch_wait_s)
+        log.info("regressor %s on %s", self.model_version, self.session.get_providers()[0])
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def predict(self, scans: list[np.ndarray]) -> list[np.ndarray]:
+        coords = await asyncio.to_thread(regress, self.session, np.stack(scans), len(scans))
+        return list(coords)
+
+    async def __call__(self, scan: np.ndarray) -> np.ndarray:
+        return await self.predict(scan)
+
+    def ready(self) -> str:
+        return self.model_version
+
+
+@serve.deployment(name="CaseLookup", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class CaseLookup:
+    """Rules, explanation and similar known cases for a point; figures and case thumbnails."""
+
+    def __init__(self, bundle: str, images_root: str | None) -> None:
+        loaded = load_bundle(bundle)
+        self.references = loaded.references
+        self.model_version = loaded.model_version
+        self.index = bundled_index(loaded)
+        self.images_root = images_root
+
+    def screen(self, coords: np.ndarray, scan_id: str, k: int) -> dict:
+        return self._screening(coords, scan_id, k).to_dict()
+
+    def plot(self, coords: np.ndarray, scan_id: str, k: int, thumbnail: np.ndarray) -> bytes:
+        """The paper's Fig. 5 (reference space with the scan's point) beside Fig. 7 (similar cases)."""
+        import matplotlib.pyplot as plt
+
+        from clare_dist.plots import explanation_figure
+
+        screening = self._screening(coords, scan_id, k)
+        cases = case_images(self.index, screening, self.images_root)
+        figure = explanation_figure(screening, self.references, cases, INTENDED_USE, scan_image=thumbnail)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        plt.close(figure)
+        return buffer.getvalue()
+
+    def case_image(self, case_id: str) -> tuple[bytes | None, str]:
+        """(PNG thumbnail, "") of an indexed case, or (None, why not) — unknown id or unreadable image."""
+        from clare_dist.case_index import UnknownCaseError
+
+        if self.index is None:
+            return None, "this model bundle has no case index"
+        try:
+            image = case_thumbnail(self.index, case_id, self.images_root)
+        except UnknownCaseError as err:
+            return None, str(err)
+        except ScanError as err:
+            log.warning("case %s has no readable image (%s): %s", case_id, err.kind, err.message)
+            return None, f"the image of case {case_id} cannot be read on this server ({err.kind})"
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        return buffer.getvalue(), ""
+
+    def ready(self) -> str:
+        return self.model_version
+
+    def _screening(self, coords: np.ndarray, scan_id: str, k: int):
+        return screen_points(coords, [scan_id], self.references, self.index, self.model_version, k)[0]

@@ -1,0 +1,215 @@
+"""The Serve application over real HTTP on loopback: answers equal `clare-dist predict`, every
+error class is a JSON 4xx, concurrent requests are answered right, and a killed regressor
+replica is replaced."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from PIL import Image
+from scan_files import dicom_bytes, gradient
+
+from clare_dist.bundle import load_bundle
+
+TOKEN = "test-token-7f3a"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_BODY_MB = 1
+
+
+@pytest.fixture(scope="module")
+def archive_images(tiny_archive) -> list[Path]:
+    labels = pd.read_parquet(tiny_archive / "prepared" / "labels.parquet")
+    return [tiny_archive / "archive" / "images" / name for name in labels["image_index"][:24]]
+
+
+@pytest.fixture(scope="module")
+def app_url(ray_address, indexed_tiny_bundle, tiny_archive):
+    """The app as `clare-dist serve` builds it, with the API token set in the replicas' environment
+    (as a Kubernetes Secret would) and a 1 MiB body limit."""
+    import ray
+    from ray import serve
+
+    from serve.api import TOKEN_ENV
+    from serve.app import APP_NAME, build_app
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address=ray_address, runtime_env={"env_vars": {TOKEN_ENV: TOKEN}})
+    from conftest import start_serve
+
+    port = start_serve()
+    args = {"bundle": str(indexed_tiny_bundle), "images_root": str(tiny_archive / "archive"),
+            "max_body_mb": MAX_BODY_MB, "ort_threads": 1}
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.delete(APP_NAME)
+    ray.shutdown()
+
+
+def predict_cli(scan: Path, bundle: Path, capsys) -> dict:
+    from clare_dist.cli import main
+
+    assert main(["predict", str(scan), "--bundle", str(bundle), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def assert_same_screening(answer: dict, expected: dict) -> None:
+    assert answer["decision"] == expected["combination"]
+    assert answer["classes"] == {code: expected[code] for code in ("Ca", "Pa", "Pn", "Pl", "Ot")}
+    assert [t["combination"] for t in answer["top3"]] == expected["top3"]
+    assert [t["distance"] for t in answer["top3"]] == pytest.approx(expected["top3_distances"], abs=1e-5)
+    assert [answer["coordinates"]["x"], answer["coordinates"]["y"]] == pytest.approx([expected["x"], expected["y"]], abs=1e-5)
+    assert answer["explanation"] == expected["explanation"]
+    assert [c["case_id"] for c in answer["similar_cases"]] == [c["case_id"] for c in expected["similar_cases"]]
+    assert answer["similar_note"] == expected["similar_note"]
+    assert answer["model_version"] == expected["model_version"]
+
+
+def test_ready_and_alive(app_url, indexed_tiny_bundle):
+    version = load_bundle(indexed_tiny_bundle).model_version
+    ready = requests.get(f"{app_url}/readyz", timeout=30)
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "model_version": version,
+                            "stages": {"Preprocessor": version, "Regressor": version, "CaseLookup": version}}
+    assert requests.get(f"{app_url}/healthz", timeout=30).json() == {"status": "alive"}
+    paths = requests.get(f"{app_url}/openapi.json", timeout=30).json()["paths"]
+    assert {"/v1/predict", "/v1/predict/plot", "/v1/cases/{case_id}/image", "/healthz", "/readyz"} <= set(paths)
+    assert requests.get(f"{app_url}/docs", timeout=30).status_code == 200
+
+
+def test_png_answer_equals_clare_dist_predict(app_url, indexed_tiny_bundle, archive_images, capsys):
+    scan = archive_images[0]
+    response = requests.post(f"{app_url}/v1/predict?k=5", data=scan.read_bytes(),
+                             headers=AUTH | {"Content-Type": "image/png"}, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    expected = predict_cli(scan, indexed_tiny_bundle, capsys)  # k=9 there: compare the first 5 cases
+    known = len(expected["similar_cases"])
+    expected["similar_cases"] = expected["similar_cases"][:5]
+    if known > 5:  # the note says when the decision has fewer known cases than asked for
+        expected["similar_note"] = None
+    assert_same_screening(answer, expected)
+    assert response.headers["x-request-id"] == answer["request_id"] != ""
+    assert response.headers["x-model-version"] == answer["model_version"]
+    assert "not a certified medical device" in answer["intended_use"]
+    assert {stage.split(";")[0] for stage in response.headers["server-timing"].split(", ")} == {"decode", "regress", "lookup"}
+
+
+def test_dicom_as_multipart_file(app_url, indexed_tiny_bundle, tmp_path, capsys):
+    scan = tmp_path / "scan.dcm"
+    scan.write_bytes(dicom_bytes(gradient(64, 64).astype(np.uint16) * 16, bits_stored=12, photometric="MONOCHROME1"))
+    files = {"file": ("scan.dcm", scan.read_bytes(), "application/dicom")}
+    response = requests.post(f"{app_url}/v1/predict", files=files, headers=AUTH, timeout=60)
+    assert response.status_code == 200, response.text
+    assert_same_screening(response.json(), predict_cli(scan, indexed_tiny_bundle, capsys))
+
+
+@pytest.mark.parametrize("name, body, content_type, status, error", [
+    ("empty", b"", "image/png", 422, "empty"),
+    ("truncated", "truncated", "image/png", 422, "truncated"),
+    ("text", b"patient list: see the other file\n", "image/png", 422, "not_an_image"),
+    ("wrong type", "whole", "text/plain", 415, "unsupported_media_type"),
+    ("no type", "whole", "", 415, "unsupported_media_type"),
+    ("oversized", b"\x89PNG" + bytes(MAX_BODY_MB * 1024 * 1024), "image/png", 413, "payload_too_large"),
+])
+def test_bad_requests_get_a_json_reason(app_url, archive_images, name, body, content_type, status, error):
+    whole = archive_images[1].read_bytes()
+    body = {"truncated": whole[: len(whole) // 2], "whole": whole}.get(body, body) if isinstance(body, str) else body
+    response = requests.post(f"{app_url}/v1/predict", data=body, headers=AUTH | {"Content-Type": content_type}, timeout=60)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert answer["error"] == error and answer["detail"]
+    assert answer["request_id"] == response.headers["x-request-id"] != ""
+    assert answer["model_version"] == response.headers["x-model-version"]
+
+
+def test_an_oversized_streamed_body_is_cut_off(app_url):
+    def chunks():
+        for _ in range(MAX_BODY_MB * 4 + 1):
+            yield bytes(256 * 1024)
+
+    response = requests.post(f"{app_url}/v1/predict", data=chunks(), headers=AUTH | {"Content-Type": "image/png"}, timeout=60)
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+
+
+def test_bearer_token_is_required_when_set(app_url, archive_images):
+    body, png = archive_images[0].read_bytes(), {"Content-Type": "image/png"}
+    for headers in (png, png | {"Authorization": "Bearer wrong"}, png | {"Authorization": TOKEN}):
+        response = requests.post(f"{app_url}/v1/predict", data=body, headers=headers, timeout=60)
+        assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert requests.get(f"{app_url}/v1/cases/x/image", timeout=60).status_code == 401
+
+
+def test_invalid_k_is_a_json_422(app_url, archive_images):
+    response = requests.post(f"{app_url}/v1/predict?k=0", data=archive_images[0].read_bytes(),
+                             headers=AUTH | {"Content-Type": "image/png"}, timeout=60)
+    assert response.status_code == 422 and response.json()["error"] == "invalid_parameters"
+
+
+def test_case_images_only_for_indexed_cases(app_url, archive_images):
+    case_id = archive_images[3].name
+    response = requests.get(f"{app_url}/v1/cases/{case_id}/image", headers=AUTH, timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (160, 160)
+    for unknown in ("nope.png", "..%2F..%2Fetc%2Fpasswd", "images%2F" + case_id):
+        response = requests.get(f"{app_url}/v1/cases/{unknown}/image", headers=AUTH, timeout=60)
+        assert response.status_code == 404 and response.headers["content-type"] == "application/json"
+
+
+def test_plot_is_a_png_of_the_explanation(app_url, archive_images):
+    response = requests.post(f"{app_url}/v1/predict/plot", data=archive_images[2].read_bytes(),
+                             headers=AUTH | {"Content-Type": "image/png"}, timeout=120)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    figure = Image.open(io.BytesIO(response.content))
+    assert figure.width > 800 and figure.height > 300
+
+
+def test_concurrent_requests_each_get_their_own_answer(app_url, indexed_tiny_bundle, archive_images):
+    from clare_dist.screening import Screener
+
+    scans = archive_images[4:20]
+    expected = Screener(load_bundle(indexed_tiny_bundle), threads=1).screen(scans)
+
+    def post(scan: Path) -> dict:
+        response = requests.post(f"{app_url}/v1/predict", data=scan.read_bytes(),
+                                 headers=AUTH | {"Content-Type": "image/png"}, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(post, scans))
+    for answer, screening in zip(answers, expected):
+        assert_same_screening(answer, screening.to_dict() | {"similar_cases": [c.__dict__ for c in screening.similar_cases]})
+    assert len({a["request_id"] for a in answers}) == len(scans)
+
+
+def test_a_killed_regressor_replica_is_replaced(app_url, archive_images):
+    import ray
+
+    def regressor_replicas() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == "serve" and "#Regressor#" in a["name"]}
+
+    (before,) = regressor_replicas()
+    ray.kill(ray.get_actor(before, namespace="serve"), no_restart=True)
+    deadline, answered = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        response = requests.post(f"{app_url}/v1/predict", data=archive_images[5].read_bytes(),
+                                 headers=AUTH | {"Content-Type": "image/png"}, timeout=60)
+        if response.status_code == 200:
+            answered = response.json()
+            break
+        time.sleep(1)
+    assert answered is not None, "no answer within 2 minutes of killing the regressor replica"
+    after = regressor_replicas()
+    assert len(after) == 1 and before not in after
+    assert requests.get(f"{app_url}/readyz", timeout=30).status_code == 200
