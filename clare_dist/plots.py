@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-from clare_dist.labels import CLASSES, NO_FINDING
+from clare_dist.labels import CLASSES, COMBINATION_INDEX, NO_FINDING
 from clare_dist.rules import References
 
 if TYPE_CHECKING:
@@ -258,3 +260,51 @@ def _thumbnail(ax: Axes, image: np.ndarray | None) -> None:
         ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=9, transform=ax.transAxes)
     else:
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+
+
+def archive_predictions_figure(
+    references: References,
+    coords: np.ndarray,
+    combinations: Sequence[str],
+    max_points: int = 20_000,
+    seed: int = 0,
+) -> Figure:
+    """Every screened scan of an archive on the reference space, coloured by its decision.
+
+    One picture of where a whole backlog landed: the 26 references as `draw_reference_space`
+    draws them, and each scan's point in its predicted combination's colour (legend outside,
+    canonical order, combinations outside the 26 last). More than `max_points` points are drawn
+    as a seeded uniform subsample (the title says so), so the figure stays quick and readable
+    for a full archive. The axes grow to include every drawn point.
+    """
+    coords = np.asarray(coords, dtype=float).reshape(-1, 2)
+    combinations = np.asarray(combinations, dtype=object)
+    total = len(coords)
+    if total > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(total, max_points, replace=False))
+        coords, combinations = coords[keep], combinations[keep]
+    fig = Figure(figsize=(9.0, 6.4), dpi=110)
+    ax = fig.add_subplot()
+    draw_reference_space(ax, references)
+    reference_legend = ax.get_legend()
+    present = sorted(set(combinations), key=lambda name: (COMBINATION_INDEX.get(name, len(COMBINATION_INDEX)), name))
+    palette = list(colormaps["tab20"].colors) + list(colormaps["tab20b"].colors)
+    alpha = float(np.clip(40 / np.sqrt(max(len(coords), 1)), 0.15, 0.8))
+    handles = []
+    for i, name in enumerate(present):
+        points, colour = coords[combinations == name], palette[i % len(palette)]
+        ax.scatter(points[:, 0], points[:, 1], s=8, color=colour, alpha=alpha, linewidths=0, zorder=2)
+        handles.append(Line2D([], [], ls="", marker="o", markersize=5, color=colour, label=name))  # opaque in the legend
+    if len(coords):
+        low, high = coords.min(axis=0), coords.max(axis=0)
+        ax.set_xlim(min(ax.get_xlim()[0], low[0] - 0.05), max(ax.get_xlim()[1], high[0] + 0.05))
+        ax.set_ylim(min(ax.get_ylim()[0], low[1] - 0.05), max(ax.get_ylim()[1], high[1] + 0.05))
+    if handles:
+        ax.legend(handles=handles, title="Predicted", loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+                  title_fontsize=8, ncol=1 + len(handles) // 16)
+        ax.add_artist(reference_legend)  # a second legend() replaces the first; keep the references'
+    shown = f"{len(coords):,} of {total:,} scans, a seeded sample" if len(coords) < total else f"{total:,} scans"
+    ax.set_title(f"Predicted points on the reference space ({shown})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
