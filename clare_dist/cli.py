@@ -134,6 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"backlog: {len(screened)} scans ({len(broken)} broken on purpose): {counts.get('ok', 0)} screened, "
           f"{counts.get('error', 0)} failed with their reason")
     print(f"results: {out.resolve() / 'screened' / 'results'}")
+    print(f"report: open {out.resolve() / 'screened' / 'report.html'} in a browser")
     return 0
 
 
@@ -253,6 +254,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     counts = results["status"].value_counts()
     print(f"{len(results)} scans: {counts.get('ok', 0)} screened, {counts.get('error', 0)} failed; "
           f"results in {args.out / 'results'}")
+    print(f"report: {(args.out / 'report.html').resolve()}")
     if args.build_index:
         if args.labels is None:
             raise SystemExit("--build-index needs --labels (the labelled archive's labels.parquet)")

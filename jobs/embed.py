@@ -30,6 +30,7 @@ from clare_dist.batch import (
 )
 from clare_dist.bundle import load_bundle
 from clare_dist.export import open_session, run_regressor
+from clare_dist.report import write_report
 from clare_dist.screening import bundled_index
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,10 @@ def _stamp(bundle) -> str:
 
 
 def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSettings = EmbedSettings()) -> pd.DataFrame:
-    """Screen every scan of `source` not yet in `out_dir`; return all result rows."""
+    """Screen every scan of `source` not yet in `out_dir`; return all result rows.
+
+    Ends by (re)writing `out_dir/report.html` over all the rows, so a resumed run's report
+    covers the whole archive."""
     bundle = load_bundle(bundle_path)
     inputs = list_archive(source)
     done = completed_scan_ids(out_dir)
@@ -109,6 +113,8 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
     results = read_results(out_dir)
     counts = results["status"].value_counts().to_dict()
     log.info("%s: %d rows (%s)", out_dir, len(results), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    report = write_report(out_dir, results, bundle, bundled_index(bundle))
+    log.info("report: %s", report)
     return results
 
 

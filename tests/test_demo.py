@@ -29,6 +29,10 @@ def test_demo_trains_bundles_indexes_and_screens_a_backlog(tmp_path, capsys, ray
     assert (ok["model_version"] == bundle.model_version).all()
     assert ok["similar_cases"].map(len).gt(0).any()
     assert str(out.resolve() / "screened" / "results") in printed
+    report = out / "screened" / "report.html"
+    assert printed.rstrip().endswith(f"report: open {report.resolve()} in a browser")
+    page = report.read_text()
+    assert all(scan_id in page for scan_id in failed.index) and bundle.model_version in page
 
 
 def test_synth_cli_writes_dicom(tmp_path, capsys):

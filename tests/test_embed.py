@@ -106,6 +106,9 @@ def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bun
     assert all(len(t) == 3 for t in ok["top3"]) and ok["explanation"].str.startswith("This scan is").all()
     assert (results["model_version"] == load_bundle(tiny_bundle).model_version).all()
 
+    page = (tmp_path / "report.html").read_text()
+    assert all(f"{name}" in page for name in BAD_FILES)
+
     again = run_embed(tiny_bundle, mixed_archive, tmp_path, EmbedSettings(batch_size=8, task_cpus=0.25))
     assert len(again) == len(results)  # nothing left to do, nothing written twice
 
