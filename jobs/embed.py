@@ -80,6 +80,25 @@ def _stamp(bundle) -> str:
     return f"{bundle.model_version}/{bundle.manifest.get('index', {}).get('built_at')}"
 
 
+def fitting_actor_cpus(settings: EmbedSettings, cluster_cpus: float) -> float:
+    """CPUs per regressor actor such that the actors leave room for one decode and one finish task.
+
+    Actors holding every CPU starve the other stages and the job hangs without an error
+    (ray#44687), so on a cluster too small for the requested actors each actor gets a smaller
+    share. A cluster with no CPUs yet (autoscaling from zero) is left to the autoscaler.
+    """
+    reserved = 2 * settings.task_cpus
+    if cluster_cpus <= 0 or settings.workers * settings.actor_cpus + reserved <= cluster_cpus:
+        return settings.actor_cpus
+    share = (cluster_cpus - reserved) / settings.workers
+    if share < 0.1:
+        raise ValueError(f"{settings.workers} regressor workers do not fit in this cluster's {cluster_cpus:g} CPUs "
+                         f"next to the decoding tasks; use fewer --workers")
+    log.warning("%d regressor actors x %.2f CPU do not fit in %g CPUs with the decoding tasks: %.2f CPU each",
+                settings.workers, settings.actor_cpus, cluster_cpus, share)
+    return share
+
+
 def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSettings = EmbedSettings()) -> pd.DataFrame:
     """Screen every scan of `source` not yet in `out_dir`; return all result rows.
 
@@ -93,6 +112,7 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
     if todo:
         start = time.perf_counter()
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        actor_cpus = fitting_actor_cpus(settings, ray.cluster_resources().get("CPU", 0))
         blocks = max(1, -(-len(todo) // settings.batch_size))
         dataset = ray.data.from_pandas(inputs_table(todo)).repartition(blocks)
         dataset = dataset.map_batches(
@@ -102,7 +122,7 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
         dataset = dataset.map_batches(
             Regressor, fn_constructor_kwargs={"onnx_path": str(bundle.onnx_path), "threads": settings.ort_threads},
             compute=ray.data.ActorPoolStrategy(size=settings.workers), batch_size=settings.batch_size,
-            batch_format="numpy", num_cpus=settings.actor_cpus, num_gpus=1 if use_gpu else 0,
+            batch_format="numpy", num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
         )
         dataset = dataset.map_batches(
             _finish, fn_kwargs={"bundle_path": str(bundle.path), "manifest_stamp": _stamp(bundle), "k": settings.k}, batch_size=settings.batch_size,

@@ -39,9 +39,28 @@ def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+KUBERAY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kuberay"
+WORKER_CPUS = 2  # this machine, as one CPU worker Pod
+
+
+def head_start_flags() -> list[str]:
+    """`ray start` flags of the head as every manifest in deploy/kuberay starts it (they agree)."""
+    import yaml
+
+    params = set()
+    for manifest in sorted(KUBERAY_DIR.glob("ray*.yaml")):
+        spec = yaml.safe_load(manifest.read_text())["spec"]
+        cluster = spec.get("rayClusterSpec") or spec["rayClusterConfig"]
+        params.add(tuple(sorted(cluster["headGroupSpec"]["rayStartParams"].items())))
+    (head,) = params
+    return [f"--{key}={value}" for key, value in head]
+
+
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory: pytest.TempPathFactory):
-    """One local Ray instance for the whole session, seeing 2 CPUs; commands join it by address."""
+    """One local Ray cluster for the whole session, laid out as the KubeRay manifests lay it out:
+    a head started with their rayStartParams (no CPUs: no work lands on it) and one worker node
+    with this machine's 2 CPUs. Commands join it by address."""
     import os
     import socket
     import subprocess
@@ -51,11 +70,12 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
         port = s.getsockname()[1]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tmp_path_factory.mktemp("ray")
-    start = [
-        "ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
-        "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp}",
-    ]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    common = ["--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    head = ["ray", "start", "--head", f"--port={port}", *head_start_flags(), "--include-dashboard=false",
+            f"--temp-dir={temp}", *common]
+    worker = ["ray", "start", f"--address=127.0.0.1:{port}", f"--num-cpus={WORKER_CPUS}", *common]
+    subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
+    subprocess.run(worker, check=True, env=env, capture_output=True, timeout=180)
     os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
         yield f"127.0.0.1:{port}"

@@ -144,3 +144,14 @@ def test_a_killed_run_resumed_equals_an_uninterrupted_one(tiny_archive, tiny_bun
     pd.testing.assert_frame_equal(got.drop(columns=["x", "y", "top3_distances"]),
                                   expected.drop(columns=["x", "y", "top3_distances"]))
     assert np.allclose(got[["x", "y"]].to_numpy(), expected[["x", "y"]].to_numpy(), atol=1e-6)
+
+
+def test_regressor_actors_leave_cpus_for_decoding():
+    from jobs.embed import EmbedSettings, fitting_actor_cpus
+
+    two = EmbedSettings(workers=2, actor_cpus=1.0, task_cpus=0.5)
+    assert fitting_actor_cpus(two, 8) == 1.0
+    assert fitting_actor_cpus(two, 2) == pytest.approx(0.5)  # 2 x 0.5 + 2 x 0.5 = the 2 CPUs
+    assert fitting_actor_cpus(two, 0) == 1.0  # autoscaling from zero: the autoscaler adds nodes
+    with pytest.raises(ValueError, match="use fewer --workers"):
+        fitting_actor_cpus(EmbedSettings(workers=8, task_cpus=0.5), 1.5)
