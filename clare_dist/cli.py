@@ -267,9 +267,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The HTTP API on Ray Serve, until interrupted (Ctrl-C)."""
     from clare_dist.bundle import load_bundle
 
+    import os
+
     bundle = load_bundle(args.bundle)  # a wrong path fails here, in words, not in a replica's log
+    from serve.app import SERVE_ENVIRONMENT, run
+
+    for name, value in SERVE_ENVIRONMENT.items():  # for a local Ray started below
+        os.environ.setdefault(name, value)
     _connect_ray(args.address, args.num_cpus)
-    from serve.app import run
 
     app_args = {"bundle": str(bundle.path.resolve()), "max_body_mb": args.max_body_mb, "replicas": args.replicas,
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}

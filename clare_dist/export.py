@@ -155,14 +155,22 @@ def onnx_providers(prefer_gpu: bool = True) -> list[str]:
     return providers
 
 
-def open_session(path: str | os.PathLike, threads: int | None = None, prefer_gpu: bool = True) -> ort.InferenceSession:
-    """An ONNX Runtime session on the best provider; `threads` caps its intra-op threads."""
+def open_session(path: str | os.PathLike, threads: int | None = None, prefer_gpu: bool = True,
+                 spinning: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime session on the best provider; `threads` caps its intra-op threads.
+
+    `spinning=False` stops idle intra-op threads from busy-waiting for work: right for a session
+    that shares its cores with other stages (serving replicas, pipeline actors), where spinning
+    threads take the CPU those stages need; a session that owns the machine is faster spinning.
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no ONNX model at {file}; export one with export_regressor or point to a model bundle")
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(file), sess_options=options, providers=onnx_providers(prefer_gpu))
     except Exception as err:  # onnxruntime raises its own pybind exception types (InvalidProtobuf, Fail, ...)

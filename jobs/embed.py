@@ -53,7 +53,7 @@ class Regressor:
     """The ONNX Runtime session, loaded once per actor."""
 
     def __init__(self, onnx_path: str, threads: int | None):
-        self.session = open_session(onnx_path, threads=threads)
+        self.session = open_session(onnx_path, threads=threads, spinning=False)  # decode tasks share the cores
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         coords = run_regressor(self.session, batch["scan"], batch_size=len(batch["scan"]))

@@ -180,24 +180,32 @@ class ClareAPI:
     async def predict(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> JSONResponse:
         self._authorize(request)
         rid = request_id(request)
-        decoded, coords, timings = await self._regress(request, rid, thumbnail=False)
+        body = await scan_bytes(request, self.max_body)
         start = time.perf_counter()
-        screening = await self.lookup.screen.remote(coords, rid, k)
-        timings["lookup"] = time.perf_counter() - start
-        self._observe(timings)
-        return JSONResponse(self._answer(request, screening), headers=_server_timing(timings))
+        # The stages are chained: each gets the previous one's result straight from it, and the
+        # ingress waits once, for the end of the chain (a bad scan travels it as a ScanFailure).
+        decoded = self.preprocessor.remote(body, rid)
+        regressed = self.regressor.remote(decoded)
+        outcome = await self._shed_overload(self.lookup.screen.remote(regressed, rid, k))
+        if isinstance(outcome, ScanFailure):
+            raise APIError(422, outcome.kind, outcome.reason)
+        screening, seconds = outcome
+        seconds["chain"] = time.perf_counter() - start
+        self._observe(seconds)
+        return JSONResponse(self._answer(request, screening), headers=_server_timing(seconds))
 
     @api.post("/v1/predict/plot", summary="The same screening as a PNG: reference space and similar cases",
               response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def predict_plot(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> Response:
         self._authorize(request)
         rid = request_id(request)
-        decoded, coords, timings = await self._regress(request, rid, thumbnail=True)
-        start = time.perf_counter()
-        png = await self.lookup.plot.remote(coords, rid, k, decoded.thumbnail)
-        timings["plot"] = time.perf_counter() - start
-        self._observe(timings)
-        return Response(png, media_type="image/png", headers=_server_timing(timings))
+        body = await scan_bytes(request, self.max_body)
+        decoded = await self._shed_overload(self.preprocessor.remote(body, rid, True))
+        if isinstance(decoded, ScanFailure):
+            raise APIError(422, decoded.kind, decoded.reason)
+        regressed = await self._shed_overload(self.regressor.remote(decoded))
+        png = await self._shed_overload(self.lookup.plot.remote(regressed.coords, rid, k, decoded.thumbnail))
+        return Response(png, media_type="image/png", headers=_server_timing(regressed.seconds))
 
     @api.get("/v1/cases/{case_id}/image", summary="Thumbnail of an indexed known case",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -208,23 +216,13 @@ class ClareAPI:
             raise APIError(404, "unknown_case", reason)
         return Response(png, media_type="image/png")
 
-    async def _regress(self, request: Request, rid: str, thumbnail: bool):
-        """Body → decoded scan → coordinates, with the time each hop took."""
-        body = await scan_bytes(request, self.max_body)
-        timings: dict[str, float] = {}
+    async def _shed_overload(self, response: Any) -> Any:
+        """The stage's answer; 503 with Retry-After when a stage's queue is full."""
         try:
-            start = time.perf_counter()
-            decoded = await self.preprocessor.remote(body, rid, thumbnail)
-            timings["decode"] = time.perf_counter() - start
-            if isinstance(decoded, ScanFailure):
-                raise APIError(422, decoded.kind, decoded.reason)
-            start = time.perf_counter()
-            coords = await self.regressor.remote(decoded.scan)
-            timings["regress"] = time.perf_counter() - start
+            return await response
         except BackPressureError:
             raise APIError(503, "overloaded", "the server is at capacity; retry after a short wait",
                            headers={"Retry-After": "1"}) from None
-        return decoded, coords, timings
 
     def _authorize(self, request: Request) -> None:
         if self.token is None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,16 +39,26 @@ log = logging.getLogger("ray.serve")  # Serve adds the request id to this logger
 
 @dataclass(frozen=True)
 class DecodedScan:
-    """A scan as the model's input, plus a small picture of it when a figure is wanted."""
+    """A scan as the model's input (and a small picture of it when a figure is wanted), with
+    the seconds each stage has spent on it so far."""
 
     scan: np.ndarray
     thumbnail: np.ndarray | None
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Regressed:
+    """A scan's point in the reference space, with the seconds each stage spent on it."""
+
+    coords: np.ndarray
+    seconds: dict[str, float]
 
 
 @serve.deployment(name="Preprocessor", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
 class Preprocessor:
-    """Decode, validate and resize one scan. Bad scans come back as a ScanFailure, not an
-    exception, so the ingress answers 422 with the reason without unwrapping Ray errors."""
+    """Decode, validate and resize one scan. A bad scan becomes a ScanFailure that the next
+    stages pass on untouched, so the ingress answers 422 with the reason from the chain's end."""
 
     def __init__(self, bundle: str) -> None:
         manifest = load_bundle(bundle)
@@ -54,12 +66,13 @@ class Preprocessor:
         self.model_version = manifest.model_version
 
     def __call__(self, body: bytes, scan_id: str, thumbnail: bool = False) -> DecodedScan | ScanFailure:
+        start = time.perf_counter()
         try:
             scan = decode(body, self.size)
             small = decode(body, THUMBNAIL_SIZE) if thumbnail else None
         except ScanError as err:
             return ScanFailure(scan_id, err.kind, err.message)
-        return DecodedScan(scan, small)
+        return DecodedScan(scan, small, {"decode": time.perf_counter() - start})
 
     def ready(self) -> str:
         return self.model_version
@@ -68,23 +81,30 @@ class Preprocessor:
 @serve.deployment(name="Regressor", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class Regressor:
     """The ONNX regressor. Requests arriving together run as one batch; the batch runs in a
-    thread so the replica keeps accepting requests (which fill the next batch) meanwhile."""
+    thread so the replica keeps accepting requests (which fill the next batch) meanwhile.
+    Intra-op threads do not spin: the replica shares its node's cores with other stages."""
 
     def __init__(self, bundle: str, max_batch_size: int, batch_wait_s: float, threads: int | None) -> None:
         loaded = load_bundle(bundle)
         self.model_version = loaded.model_version
-        self.session = open_session(loaded.onnx_path, threads=threads)
+        # Ray sets OMP_NUM_THREADS to the replica's CPU share (1 here), which ONNX Runtime
+        # honours: without an explicit count a CPU regressor would run on one thread.
+        self.session = open_session(loaded.onnx_path, threads=threads or os.cpu_count(), spinning=False)
         self.predict.set_max_batch_size(max_batch_size)
         self.predict.set_batch_wait_timeout_s(batch_wait_s)
         log.info("regressor %s on %s", self.model_version, self.session.get_providers()[0])
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def predict(self, scans: list[np.ndarray]) -> list[np.ndarray]:
         coords = await asyncio.to_thread(regress, self.session, np.stack(scans), len(scans))
         return list(coords)
 
-    async def __call__(self, scan: np.ndarray) -> np.ndarray:
-        return await self.predict(scan)
+    async def __call__(self, decoded: DecodedScan | ScanFailure) -> Regressed | ScanFailure:
+        if isinstance(decoded, ScanFailure):
+            return decoded
+        start = time.perf_counter()
+        coords = await self.predict(decoded.scan)
+        return Regressed(coords, decoded.seconds | {"regress": time.perf_counter() - start})
 
     def ready(self) -> str:
         return self.model_version
@@ -101,8 +121,13 @@ class CaseLookup:
         self.index = bundled_index(loaded)
         self.images_root = images_root
 
-    def screen(self, coords: np.ndarray, scan_id: str, k: int) -> dict:
-        return self._screening(coords, scan_id, k).to_dict()
+    def screen(self, regressed: Regressed | ScanFailure, scan_id: str, k: int) -> tuple[dict, dict[str, float]] | ScanFailure:
+        """(the screening, seconds per stage) — or the ScanFailure an earlier stage passed on."""
+        if isinstance(regressed, ScanFailure):
+            return regressed
+        start = time.perf_counter()
+        screening = self._screening(regressed.coords, scan_id, k).to_dict()
+        return screening, regressed.seconds | {"lookup": time.perf_counter() - start}
 
     def plot(self, coords: np.ndarray, scan_id: str, k: int, thumbnail: np.ndarray) -> bytes:
         """The paper's Fig. 5 (reference space with the scan's point) beside Fig. 7 (similar cases)."""

@@ -100,7 +100,7 @@ def test_png_answer_equals_clare_dist_predict(app_url, indexed_tiny_bundle, arch
     assert response.headers["x-request-id"] == answer["request_id"] != ""
     assert response.headers["x-model-version"] == answer["model_version"]
     assert "not a certified medical device" in answer["intended_use"]
-    assert {stage.split(";")[0] for stage in response.headers["server-timing"].split(", ")} == {"decode", "regress", "lookup"}
+    assert {stage.split(";")[0] for stage in response.headers["server-timing"].split(", ")} == {"decode", "regress", "lookup", "chain"}
 
 
 def test_dicom_as_multipart_file(app_url, indexed_tiny_bundle, tmp_path, capsys):
