@@ -68,7 +68,9 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    from serve.app import SERVE_ENVIRONMENT  # the Serve settings `clare-dist serve` and the RayService use
+
+    env = {**os.environ, **SERVE_ENVIRONMENT, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tmp_path_factory.mktemp("ray")
     common = ["--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     head = ["ray", "start", "--head", f"--port={port}", *head_start_flags(), "--include-dashboard=false",

@@ -40,12 +40,13 @@ def app_url(ray_address, indexed_tiny_bundle, tiny_archive):
     from serve.api import TOKEN_ENV
     from serve.app import APP_NAME, build_app
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address=ray_address, runtime_env={"env_vars": {TOKEN_ENV: TOKEN}})
     from conftest import start_serve
 
-    port = start_serve()
+    if not ray.is_initialized():
+        ray.init(address=ray_address)
+    port = start_serve()  # before the token: Serve's controller (and apps deployed later from a config) must not inherit it
+    ray.shutdown()
+    ray.init(address=ray_address, runtime_env={"env_vars": {TOKEN_ENV: TOKEN}})
     args = {"bundle": str(indexed_tiny_bundle), "images_root": str(tiny_archive / "archive"),
             "max_body_mb": MAX_BODY_MB, "ort_threads": 1}
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
