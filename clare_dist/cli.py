@@ -279,12 +279,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app_args = {"bundle": str(bundle.path.resolve()), "max_body_mb": args.max_body_mb, "replicas": args.replicas,
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
     print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops")
-    try:
-        run(app_args, host=args.host, port=args.port, blocking=True)
-    except KeyboardInterrupt:
-        from ray import serve
-
-        serve.shutdown()
+    run(app_args, host=args.host, port=args.port, blocking=True)
     return 0
 
 

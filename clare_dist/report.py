@@ -13,7 +13,6 @@ trusted to be harmless.
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import os
 import uuid
@@ -248,8 +247,8 @@ def _combination_order(name: str) -> tuple[int, str]:
 
 def _img(fig: Figure, alt: str) -> str:
     """The figure as an <img> with a base64 PNG data URI; the figure is cleared afterwards."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    from clare_dist.plots import figure_png
+
+    data = base64.b64encode(figure_png(fig, FIGURE_DPI)).decode("ascii")
     fig.clear()
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'

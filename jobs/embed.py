@@ -111,8 +111,9 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
     log.info("%d scans in %s: %d already screened, %d to do", len(inputs), source, len(inputs) - len(todo), len(todo))
     if todo:
         start = time.perf_counter()
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-        actor_cpus = fitting_actor_cpus(settings, ray.cluster_resources().get("CPU", 0))
+        resources = ray.cluster_resources()
+        use_gpu = resources.get("GPU", 0) >= 1
+        actor_cpus = fitting_actor_cpus(settings, resources.get("CPU", 0))
         blocks = max(1, -(-len(todo) // settings.batch_size))
         dataset = ray.data.from_pandas(inputs_table(todo)).repartition(blocks)
         dataset = dataset.map_batches(

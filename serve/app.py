@@ -81,9 +81,13 @@ def config_autoscaling(config_file: Path = CONFIG_FILE) -> dict[str, dict[str, A
 
 
 def run(args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, blocking: bool = True) -> None:
-    """Start Serve's HTTP proxy on host:port and deploy the application (Ray must be connected)."""
+    """Start Serve's HTTP proxy on host:port and deploy the application (Ray must be connected);
+    blocking, until Ctrl-C, which shuts Serve down."""
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=blocking)
+    try:
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=blocking)
+    except KeyboardInterrupt:
+        serve.shutdown()
 
 
 def _regressor_gpus(settings: AppArgs) -> float:

@@ -131,17 +131,12 @@ class CaseLookup:
 
     def plot(self, coords: np.ndarray, scan_id: str, k: int, thumbnail: np.ndarray) -> bytes:
         """The paper's Fig. 5 (reference space with the scan's point) beside Fig. 7 (similar cases)."""
-        import matplotlib.pyplot as plt
-
-        from clare_dist.plots import explanation_figure
+        from clare_dist.plots import explanation_figure, figure_png
 
         screening = self._screening(coords, scan_id, k)
         cases = case_images(self.index, screening, self.images_root)
         figure = explanation_figure(screening, self.references, cases, INTENDED_USE, scan_image=thumbnail)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        plt.close(figure)
-        return buffer.getvalue()
+        return figure_png(figure, dpi=100)
 
     def case_image(self, case_id: str) -> tuple[bytes | None, str]:
         """(PNG thumbnail, "") of an indexed case, or (None, why not) — unknown id or unreadable image."""
