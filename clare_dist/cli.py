@@ -276,7 +276,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
     _connect_ray(args.address, args.num_cpus)
 
-    app_args = {"bundle": str(bundle.path.resolve()), "max_body_mb": args.max_body_mb, "replicas": args.replicas,
+    app_args = {"bundle": str(bundle.path.resolve()), "topology": args.topology, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
     print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops")
     run(app_args, host=args.host, port=args.port, blocking=True)
@@ -384,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000)
     scaling = p.add_mutually_exclusive_group()
-    scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decode and regressor stages")
+    p.add_argument("--topology", choices=("ingress", "chain"), default="ingress",
+                   help="decode and look up in the ingress replicas (one hop a request; default) "
+                        "or in deployments of their own (three hops)")
+    scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decoding and regressor stages")
     scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")
     p.add_argument("--images", type=Path, default=None, help="folder the indexed cases' relative paths are under")

@@ -2,7 +2,12 @@
 
 The ingress does what must happen before any work is spent on a request — authentication,
 the body size limit, the content type — and turns every outcome into a JSON answer that
-carries the request id and the model version. The stages do the work.
+carries the request id and the model version.
+
+Where the CPU stages run is the application's topology (serve/app.py): in the ingress replicas
+themselves (decoding in a pool of worker threads sized to the replica's CPUs, the rules and the
+lookup inline), so a request crosses one hop, to the regressor and back; or as deployments of
+their own, chained so the ingress awaits once at the chain's end.
 """
 
 
@@ -11,11 +16,13 @@ import hmac
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+import ray
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -25,6 +32,7 @@ from starlette.formparsers import MultiPartParser
 
 from clare_dist.bundle import INTENDED_USE, load_bundle
 from clare_dist.screening import DEFAULT_K, ScanFailure
+from serve.stages import CaseLookup, Preprocessor
 
 log = logging.getLogger("ray.serve")
 
@@ -143,17 +151,29 @@ def _server_timing(timings: dict[str, float]) -> dict[str, str]:
     return {"server-timing": ", ".join(f"{stage};dur={seconds * 1000:.2f}" for stage, seconds in timings.items())}
 
 
+def _replica_cpus() -> int:
+    """Whole CPUs Ray gave this replica (at least one): how many scans it decodes at a time."""
+    return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
 @serve.deployment(name="ClareAPI", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
 @serve.ingress(api)
 class ClareAPI:
-    """The ingress: one replica handles many requests at once; it only waits on the stages."""
+    """The ingress: one replica handles many requests at once. Given no preprocessor and lookup
+    deployments, it decodes and looks up itself (one hop a request); given them, it only waits."""
 
-    def __init__(self, preprocessor: DeploymentHandle, regressor: DeploymentHandle, lookup: DeploymentHandle,
-                 bundle: str, max_body_mb: float) -> None:
-        self.preprocessor, self.regressor, self.lookup = preprocessor, regressor, lookup
+    def __init__(self, regressor: DeploymentHandle, bundle: str, max_body_mb: float,
+                 preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
+                 images_root: str | None = None) -> None:
+        self.regressor, self.preprocessor, self.lookup = regressor, preprocessor, lookup
         self.model_version = load_bundle(bundle).model_version
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
+        self.in_ingress = preprocessor is None
+        if self.in_ingress:
+            self.decoder = Preprocessor.func_or_class(bundle)
+            self.cases = CaseLookup.func_or_class(bundle, images_root)
+            self.pool = ThreadPoolExecutor(max_workers=_replica_cpus(), thread_name_prefix="clare-cpu-stage")
         api.state.model_version = self.model_version
         api.state.requests_counter = metrics.Counter(
             "clare_api_requests", description="Answers of the clare-dist API by route and HTTP status",
@@ -161,7 +181,8 @@ class ClareAPI:
         self.stage_seconds = metrics.Histogram(
             "clare_api_stage_seconds", description="Time per stage of a screening request, hop included",
             boundaries=STAGE_BUCKETS_S, tag_keys=("stage",))
-        log.info("clare-dist API for model %s; bearer token %s", self.model_version, "required" if self.token else "off")
+        log.info("clare-dist API for model %s; CPU stages %s; bearer token %s", self.model_version,
+                 "in the ingress" if self.in_ingress else "in their own deployments", "required" if self.token else "off")
 
     @api.get("/healthz", summary="Alive: the ingress replica answers")
     async def healthz(self) -> dict[str, str]:
@@ -169,10 +190,14 @@ class ClareAPI:
 
     @api.get("/readyz", summary="Ready: the bundle is loaded and every stage answers with the same model")
     async def readyz(self, request: Request) -> JSONResponse:
-        stages = {"Preprocessor": self.preprocessor, "Regressor": self.regressor, "CaseLookup": self.lookup}
+        stages = {"Regressor": self.regressor}
+        if not self.in_ingress:
+            stages |= {"Preprocessor": self.preprocessor, "CaseLookup": self.lookup}
         answers = await asyncio.gather(*(self._stage_version(h) for h in stages.values()))
         status = {name: version for name, version in zip(stages, answers)}
-        ready = all(version == self.model_version for version in answers)
+        if self.in_ingress:
+            status |= {"Preprocessor": self.decoder.ready(), "CaseLookup": self.cases.ready()}
+        ready = all(version == self.model_version for version in status.values())
         return JSONResponse({"ready": ready, "model_version": self.model_version, "stages": status},
                             status_code=200 if ready else 503)
 
@@ -182,11 +207,16 @@ class ClareAPI:
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
         start = time.perf_counter()
-        # The stages are chained: each gets the previous one's result straight from it, and the
-        # ingress waits once, for the end of the chain (a bad scan travels it as a ScanFailure).
-        decoded = self.preprocessor.remote(body, rid)
-        regressed = self.regressor.remote(decoded)
-        outcome = await self._shed_overload(self.lookup.screen.remote(regressed, rid, k))
+        if self.in_ingress:
+            decoded = await self._here(self.decoder, body, rid)
+            if isinstance(decoded, ScanFailure):
+                raise APIError(422, decoded.kind, decoded.reason)
+            outcome = self.cases.screen(await self._shed_overload(self.regressor.remote(decoded)), rid, k)
+        else:
+            # The stages are chained: each gets the previous one's result straight from it, and the
+            # ingress waits once, for the end of the chain (a bad scan travels it as a ScanFailure).
+            regressed = self.regressor.remote(self.preprocessor.remote(body, rid))
+            outcome = await self._shed_overload(self.lookup.screen.remote(regressed, rid, k))
         if isinstance(outcome, ScanFailure):
             raise APIError(422, outcome.kind, outcome.reason)
         screening, seconds = outcome
@@ -200,21 +230,34 @@ class ClareAPI:
         self._authorize(request)
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
-        decoded = await self._shed_overload(self.preprocessor.remote(body, rid, True))
+        if self.in_ingress:
+            decoded = await self._here(self.decoder, body, rid, True)
+        else:
+            decoded = await self._shed_overload(self.preprocessor.remote(body, rid, True))
         if isinstance(decoded, ScanFailure):
             raise APIError(422, decoded.kind, decoded.reason)
         regressed = await self._shed_overload(self.regressor.remote(decoded))
-        png = await self._shed_overload(self.lookup.plot.remote(regressed.coords, rid, k, decoded.thumbnail))
+        if self.in_ingress:
+            png = await self._here(self.cases.plot, regressed.coords, rid, k, decoded.thumbnail)
+        else:
+            png = await self._shed_overload(self.lookup.plot.remote(regressed.coords, rid, k, decoded.thumbnail))
         return Response(png, media_type="image/png", headers=_server_timing(regressed.seconds))
 
     @api.get("/v1/cases/{case_id}/image", summary="Thumbnail of an indexed known case",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def case_image(self, request: Request, case_id: str) -> Response:
         self._authorize(request)
-        png, reason = await self.lookup.case_image.remote(case_id)
+        if self.in_ingress:
+            png, reason = await self._here(self.cases.case_image, case_id)
+        else:
+            png, reason = await self.lookup.case_image.remote(case_id)
         if png is None:
             raise APIError(404, "unknown_case", reason)
         return Response(png, media_type="image/png")
+
+    async def _here(self, work: Any, *args: Any) -> Any:
+        """CPU work of this replica, in its worker threads, so the event loop keeps serving."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
 
     async def _shed_overload(self, response: Any) -> Any:
         """The stage's answer; 503 with Retry-After when a stage's queue is full."""

@@ -3,13 +3,19 @@
 `serve/config.yaml` (what KubeRay runs) names `serve.app:build_app` with its args;
 `clare-dist serve` calls `run` with the same args. Replica counts and autoscaling for a
 cluster are set in the config; `--autoscale` locally applies the config's settings.
+
+Two topologies. "ingress" (the default): the ingress replicas decode, classify and look up,
+and only the regressor is a deployment of its own, so a request makes one hop between
+deployments; CPU work scales with the ingress, the regressor with the GPUs. "chain": the
+preprocessor and the lookup are deployments too (three hops): for clusters whose ingress must
+stay light, at a measured cost (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ray
 import yaml
@@ -24,7 +30,10 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "clare"
 CONFIG_FILE = Path(__file__).with_name("config.yaml")
-SCALED_STAGES = ("Preprocessor", "Regressor")
+# The stages whose replica count `--replicas` sets: those that do the work in each topology.
+WORKING_STAGES = {"ingress": ("ClareAPI", "Regressor"), "chain": ("Preprocessor", "Regressor")}
+# The ingress's CPU share where it decodes: what the preprocessor held in the chain.
+INGRESS_DECODING_CPUS = 1.0
 # Serve's lower-overhead request path (gRPC between replicas, buffered request logs): measured
 # here it cut the cost of a hop between deployments from 7.6 to 4.7 ms. It is read when Serve
 # starts, so it is set in the environment of the Ray nodes (the RayService sets it too).
@@ -35,13 +44,15 @@ class AppArgs(BaseModel):
     """What the application is built from: the bundle, and the knobs that are not replica counts."""
 
     bundle: str = Field(description="model bundle directory (mounted read-only in a cluster)")
+    topology: Literal["ingress", "chain"] = Field(
+        "ingress", description="where decoding and the lookup run: in the ingress replicas, or each in a deployment of its own")
     images_root: str | None = Field(None, description="directory that relative case image paths of the index are under")
     max_body_mb: float = Field(64, gt=0, description="largest accepted request body, in MiB (413 beyond)")
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a regressor batch waits to fill (0: take what has queued while the last batch ran)")
     ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads per regressor replica")
     regressor_gpus: float | None = Field(None, ge=0, description="GPUs per regressor replica; default: 1 if the cluster has GPUs")
-    replicas: int | None = Field(None, ge=1, description="fixed replica count of the Preprocessor and Regressor")
+    replicas: int | None = Field(None, ge=1, description="fixed replica count of the stages that do the work (ingress or Preprocessor, and Regressor)")
     autoscale: bool = Field(False, description="autoscale the stages with serve/config.yaml's settings")
 
 
@@ -52,24 +63,29 @@ def build_app(args: dict[str, Any]) -> Application:
     sets a cluster's.
     """
     settings = AppArgs.model_validate(args)
-    stages = {
-        "Preprocessor": Preprocessor.options(),
-        "Regressor": Regressor.options(ray_actor_options=Regressor.ray_actor_options | {"num_gpus": _regressor_gpus(settings)}),
-        "CaseLookup": CaseLookup.options(),
-    }
     if settings.replicas is not None and settings.autoscale:
         raise ValueError("give either a fixed replica count or autoscaling, not both")
+    stages = {
+        "ClareAPI": ClareAPI.options(),
+        "Regressor": Regressor.options(ray_actor_options=Regressor.ray_actor_options | {"num_gpus": _regressor_gpus(settings)}),
+    }
+    if settings.topology == "ingress":
+        stages["ClareAPI"] = ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | {"num_cpus": INGRESS_DECODING_CPUS})
+    else:
+        stages |= {"Preprocessor": Preprocessor.options(), "CaseLookup": CaseLookup.options()}
     if settings.replicas is not None:
-        stages = {name: d.options(num_replicas=settings.replicas) if name in SCALED_STAGES else d for name, d in stages.items()}
+        working = WORKING_STAGES[settings.topology]
+        stages = {name: d.options(num_replicas=settings.replicas) if name in working else d for name, d in stages.items()}
     if settings.autoscale:
         scaling = config_autoscaling()
-        stages = {name: d.options(autoscaling_config=scaling[name]) for name, d in stages.items()}
-    return ClareAPI.bind(
-        stages["Preprocessor"].bind(settings.bundle),
-        stages["Regressor"].bind(settings.bundle, settings.max_batch_size, settings.batch_wait_ms / 1000, settings.ort_threads),
-        stages["CaseLookup"].bind(settings.bundle, settings.images_root),
-        settings.bundle,
-        settings.max_body_mb,
+        stages = {name: d.options(autoscaling_config=scaling[name]) if name in scaling else d for name, d in stages.items()}
+    regressor = stages["Regressor"].bind(settings.bundle, settings.max_batch_size, settings.batch_wait_ms / 1000, settings.ort_threads)
+    if settings.topology == "ingress":
+        return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root)
+    return stages["ClareAPI"].bind(
+        regressor, settings.bundle, settings.max_body_mb,
+        preprocessor=stages["Preprocessor"].bind(settings.bundle),
+        lookup=stages["CaseLookup"].bind(settings.bundle, settings.images_root),
     )
 
 

@@ -829,7 +829,7 @@ def test_serve_checks_catch_a_drifted_or_invalid_config():
 def test_serve_app_check_catches_a_wrong_deployment_arg_or_import_path():
     service = the("RayService", "clare-serve")
     config = yaml.safe_load(service["spec"]["serveConfigV2"])
-    config["applications"][0]["deployments"][2]["name"] = "Regresor"
+    config["applications"][0]["deployments"][1]["name"] = "Regresor"
     config["applications"][0]["args"]["max_body_m"] = 64
     service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
     problems = serve_app_problems(service)

@@ -1,6 +1,6 @@
-"""The Serve application over real HTTP on loopback: answers equal `clare-dist predict`, every
-error class is a JSON 4xx, concurrent requests are answered right, and a killed regressor
-replica is replaced."""
+"""The Serve application over real HTTP on loopback, in both topologies: answers equal
+`clare-dist predict`, every error class is a JSON 4xx, concurrent requests are answered right,
+and a killed regressor replica is replaced."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ def archive_images(tiny_archive) -> list[Path]:
     return [tiny_archive / "archive" / "images" / name for name in labels["image_index"][:24]]
 
 
-@pytest.fixture(scope="module")
-def app_url(ray_address, indexed_tiny_bundle, tiny_archive):
-    """The app as `clare-dist serve` builds it, with the API token set in the replicas' environment
-    (as a Kubernetes Secret would) and a 1 MiB body limit."""
+@pytest.fixture(scope="module", params=["ingress", "chain"])
+def app_url(request, ray_address, indexed_tiny_bundle, tiny_archive):
+    """The app as `clare-dist serve` builds it, in each topology, with the API token set in the
+    replicas' environment (as a Kubernetes Secret would) and a 1 MiB body limit."""
     import ray
     from ray import serve
 
@@ -47,7 +47,7 @@ def app_url(ray_address, indexed_tiny_bundle, tiny_archive):
     port = start_serve()  # before the token: Serve's controller (and apps deployed later from a config) must not inherit it
     ray.shutdown()
     ray.init(address=ray_address, runtime_env={"env_vars": {TOKEN_ENV: TOKEN}})
-    args = {"bundle": str(indexed_tiny_bundle), "images_root": str(tiny_archive / "archive"),
+    args = {"bundle": str(indexed_tiny_bundle), "topology": request.param, "images_root": str(tiny_archive / "archive"),
             "max_body_mb": MAX_BODY_MB, "ort_threads": 1}
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -74,7 +74,15 @@ def assert_same_screening(answer: dict, expected: dict) -> None:
     assert answer["model_version"] == expected["model_version"]
 
 
-def test_ready_and_alive(app_url, indexed_tiny_bundle):
+def test_ready_and_alive(app_url, indexed_tiny_bundle, request):
+    from ray import serve
+
+    from serve.app import APP_NAME
+
+    deployments = set(serve.status().applications[APP_NAME].deployments)
+    topology = request.node.callspec.params["app_url"]
+    assert deployments == ({"ClareAPI", "Regressor"} if topology == "ingress"
+                           else {"ClareAPI", "Preprocessor", "Regressor", "CaseLookup"})
     version = load_bundle(indexed_tiny_bundle).model_version
     ready = requests.get(f"{app_url}/readyz", timeout=30)
     assert ready.status_code == 200
