@@ -125,7 +125,7 @@ def start_app(bundle: Path, args: argparse.Namespace) -> tuple[str, dict]:
     started = time.perf_counter()
     connect(None, args.num_cpus)
     timings["connect_s"] = time.perf_counter() - started
-    app_args = {"bundle": str(bundle), "topology": args.topology, "max_body_mb": 64, "max_batch_size": args.max_batch_size,
+    app_args = {"bundle": str(bundle), "topology": args.topology, "decode_threads": args.decode_threads, "max_body_mb": 64, "max_batch_size": args.max_batch_size,
                 "batch_wait_ms": args.batch_wait_ms, "ort_threads": args.ort_threads, "replicas": args.replicas}
     port = args.port or free_port()
     started = time.perf_counter()
@@ -292,6 +292,7 @@ def parse_args() -> argparse.Namespace:
     app = parser.add_argument_group("the app (serve.app.AppArgs) and its Ray")
     app.add_argument("--topology", choices=("ingress", "chain"), default="ingress",
                      help="CPU stages in the ingress (one hop) or in deployments of their own (three)")
+    app.add_argument("--decode-threads", type=int, default=None, help="decoding threads per ingress replica (topology ingress)")
     app.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default all)")
     app.add_argument("--replicas", type=int, default=None, help="replicas of the working stages (serve.app.WORKING_STAGES)")
     app.add_argument("--max-batch-size", type=int, default=16)

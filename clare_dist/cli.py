@@ -276,7 +276,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
     _connect_ray(args.address, args.num_cpus)
 
-    app_args = {"bundle": str(bundle.path.resolve()), "topology": args.topology, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
+    app_args = {"bundle": str(bundle.path.resolve()), "topology": args.topology,
+                "decode_threads": args.decode_threads, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
     print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops")
     run(app_args, host=args.host, port=args.port, blocking=True)
@@ -387,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", choices=("ingress", "chain"), default="ingress",
                    help="decode and look up in the ingress replicas (one hop a request; default) "
                         "or in deployments of their own (three hops)")
+    p.add_argument("--decode-threads", type=int, default=None,
+                   help="scans each ingress replica decodes at once (default: its CPUs, 1); more on a GPU box")
     scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decoding and regressor stages")
     scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")

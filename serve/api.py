@@ -164,7 +164,7 @@ class ClareAPI:
 
     def __init__(self, regressor: DeploymentHandle, bundle: str, max_body_mb: float,
                  preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
-                 images_root: str | None = None) -> None:
+                 images_root: str | None = None, decode_threads: int | None = None) -> None:
         self.regressor, self.preprocessor, self.lookup = regressor, preprocessor, lookup
         self.model_version = load_bundle(bundle).model_version
         self.max_body = int(max_body_mb * 1024 * 1024)
@@ -173,7 +173,7 @@ class ClareAPI:
         if self.in_ingress:
             self.decoder = Preprocessor.func_or_class(bundle)
             self.cases = CaseLookup.func_or_class(bundle, images_root)
-            self.pool = ThreadPoolExecutor(max_workers=_replica_cpus(), thread_name_prefix="clare-cpu-stage")
+            self.pool = ThreadPoolExecutor(max_workers=decode_threads or _replica_cpus(), thread_name_prefix="clare-cpu-stage")
         api.state.model_version = self.model_version
         api.state.requests_counter = metrics.Counter(
             "clare_api_requests", description="Answers of the clare-dist API by route and HTTP status",

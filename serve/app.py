@@ -46,6 +46,7 @@ class AppArgs(BaseModel):
     bundle: str = Field(description="model bundle directory (mounted read-only in a cluster)")
     topology: Literal["ingress", "chain"] = Field(
         "ingress", description="where decoding and the lookup run: in the ingress replicas, or each in a deployment of its own")
+    decode_threads: int | None = Field(None, ge=1, description="scans each ingress replica decodes at a time (topology 'ingress'; default: its CPUs)")
     images_root: str | None = Field(None, description="directory that relative case image paths of the index are under")
     max_body_mb: float = Field(64, gt=0, description="largest accepted request body, in MiB (413 beyond)")
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
@@ -81,7 +82,8 @@ def build_app(args: dict[str, Any]) -> Application:
         stages = {name: d.options(autoscaling_config=scaling[name]) if name in scaling else d for name, d in stages.items()}
     regressor = stages["Regressor"].bind(settings.bundle, settings.max_batch_size, settings.batch_wait_ms / 1000, settings.ort_threads)
     if settings.topology == "ingress":
-        return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root)
+        return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
+                                       decode_threads=settings.decode_threads)
     return stages["ClareAPI"].bind(
         regressor, settings.bundle, settings.max_body_mb,
         preprocessor=stages["Preprocessor"].bind(settings.bundle),
