@@ -116,10 +116,10 @@ def free_port() -> int:
 def start_app(bundle: Path, args: argparse.Namespace) -> tuple[str, dict]:
     """Ray, Serve's proxy on loopback and the application, until GET /readyz answers 200."""
     from jobs.cluster import connect
-    from serve.app import SERVE_ENVIRONMENT, run
+    from serve.app import run, serve_environment
 
     os.environ.pop("CLARE_API_TOKEN", None)  # no token: the benchmark measures the chain, not auth
-    for name, value in SERVE_ENVIRONMENT.items():  # as `clare-dist serve` starts a local Ray
+    for name, value in serve_environment().items():  # as `clare-dist serve` starts a local Ray
         os.environ.setdefault(name, value)
     timings = {}
     started = time.perf_counter()

