@@ -126,7 +126,8 @@ def start_app(bundle: Path, args: argparse.Namespace) -> tuple[str, dict]:
     connect(None, args.num_cpus)
     timings["connect_s"] = time.perf_counter() - started
     app_args = {"bundle": str(bundle), "topology": args.topology, "decode_threads": args.decode_threads, "max_body_mb": 64, "max_batch_size": args.max_batch_size,
-                "batch_wait_ms": args.batch_wait_ms, "ort_threads": args.ort_threads, "replicas": args.replicas}
+                "batch_wait_ms": args.batch_wait_ms, "ort_threads": args.ort_threads,
+                "ort_spinning": args.ort_spinning, "replicas": args.replicas}
     port = args.port or free_port()
     started = time.perf_counter()
     run(app_args, host="127.0.0.1", port=port, blocking=False)
@@ -298,6 +299,7 @@ def parse_args() -> argparse.Namespace:
     app.add_argument("--max-batch-size", type=int, default=16)
     app.add_argument("--batch-wait-ms", type=float, default=0.0)
     app.add_argument("--ort-threads", type=int, default=None, help="ORT threads per regressor replica (and in-process)")
+    app.add_argument("--ort-spinning", action="store_true", help="the regressor's idle ORT threads busy-wait")
     app.add_argument("--port", type=int, default=0, help="proxy port (default: a free one)")
     app.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))

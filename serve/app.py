@@ -67,6 +67,7 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a regressor batch waits to fill (0: take what has queued while the last batch ran)")
     ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads per regressor replica")
+    ort_spinning: bool = Field(False, description="let idle ONNX Runtime threads busy-wait (lower latency on cores the regressor has alone)")
     regressor_gpus: float | None = Field(None, ge=0, description="GPUs per regressor replica; default: 1 if the cluster has GPUs")
     replicas: int | None = Field(None, ge=1, description="fixed replica count of the stages that do the work (ingress or Preprocessor, and Regressor)")
     autoscale: bool = Field(False, description="autoscale the stages with serve/config.yaml's settings")
@@ -95,7 +96,8 @@ def build_app(args: dict[str, Any]) -> Application:
     if settings.autoscale:
         scaling = config_autoscaling()
         stages = {name: d.options(autoscaling_config=scaling[name]) if name in scaling else d for name, d in stages.items()}
-    regressor = stages["Regressor"].bind(settings.bundle, settings.max_batch_size, settings.batch_wait_ms / 1000, settings.ort_threads)
+    regressor = stages["Regressor"].bind(settings.bundle, settings.max_batch_size, settings.batch_wait_ms / 1000,
+                                           settings.ort_threads, settings.ort_spinning)
     if settings.topology == "ingress":
         return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
                                        decode_threads=settings.decode_threads)

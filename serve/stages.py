@@ -82,14 +82,16 @@ class Preprocessor:
 class Regressor:
     """The ONNX regressor. Requests arriving together run as one batch; the batch runs in a
     thread so the replica keeps accepting requests (which fill the next batch) meanwhile.
-    Intra-op threads do not spin: the replica shares its node's cores with other stages."""
+    Intra-op threads do not spin unless asked: the replica shares its node's cores with other
+    stages, which spinning threads would starve; spinning buys latency where it has cores alone."""
 
-    def __init__(self, bundle: str, max_batch_size: int, batch_wait_s: float, threads: int | None) -> None:
+    def __init__(self, bundle: str, max_batch_size: int, batch_wait_s: float, threads: int | None,
+                 spinning: bool = False) -> None:
         loaded = load_bundle(bundle)
         self.model_version = loaded.model_version
         # Ray sets OMP_NUM_THREADS to the replica's CPU share (1 here), which ONNX Runtime
         # honours: without an explicit count a CPU regressor would run on one thread.
-        self.session = open_session(loaded.onnx_path, threads=threads or os.cpu_count(), spinning=False)
+        self.session = open_session(loaded.onnx_path, threads=threads or os.cpu_count(), spinning=spinning)
         self.predict.set_max_batch_size(max_batch_size)
         self.predict.set_batch_wait_timeout_s(batch_wait_s)
         log.info("regressor %s on %s", self.model_version, self.session.get_providers()[0])

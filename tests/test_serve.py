@@ -222,3 +222,21 @@ def test_a_killed_regressor_replica_is_replaced(app_url, archive_images):
     after = regressor_replicas()
     assert len(after) == 1 and before not in after
     assert requests.get(f"{app_url}/readyz", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_regressor_spins_only_when_asked(tiny_bundle, spinning):
+    """The regressor's ONNX Runtime threads busy-wait only with `ort_spinning` (they would take the
+    cores the ingress decodes on); its thread count is explicit, not Ray's OMP_NUM_THREADS."""
+    from serve.app import AppArgs
+    from serve.stages import Regressor
+
+    args = AppArgs(bundle=str(tiny_bundle), ort_threads=2, ort_spinning=spinning)
+    regressor = Regressor.func_or_class(args.bundle, args.max_batch_size, 0.0, args.ort_threads, args.ort_spinning)
+    options = regressor.session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    try:
+        setting = options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: ONNX Runtime's default, which spins
+        setting = None
+    assert setting == (None if spinning else "0")
