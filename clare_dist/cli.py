@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -266,8 +267,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """The HTTP API on Ray Serve, until interrupted (Ctrl-C)."""
     from clare_dist.bundle import load_bundle
-
-    import os
 
     bundle = load_bundle(args.bundle)  # a wrong path fails here, in words, not in a replica's log
     from serve.app import run, serve_environment

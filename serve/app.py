@@ -82,14 +82,11 @@ def build_app(args: dict[str, Any]) -> Application:
     settings = AppArgs.model_validate(args)
     if settings.replicas is not None and settings.autoscale:
         raise ValueError("give either a fixed replica count or autoscaling, not both")
-    stages = {
-        "ClareAPI": ClareAPI.options(),
-        "Regressor": Regressor.options(ray_actor_options=Regressor.ray_actor_options | {"num_gpus": _regressor_gpus(settings)}),
-    }
     if settings.topology == "ingress":
-        stages["ClareAPI"] = ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | {"num_cpus": INGRESS_DECODING_CPUS})
+        stages = {"ClareAPI": ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | {"num_cpus": INGRESS_DECODING_CPUS})}
     else:
-        stages |= {"Preprocessor": Preprocessor.options(), "CaseLookup": CaseLookup.options()}
+        stages = {"ClareAPI": ClareAPI.options(), "Preprocessor": Preprocessor.options(), "CaseLookup": CaseLookup.options()}
+    stages["Regressor"] = Regressor.options(ray_actor_options=Regressor.ray_actor_options | {"num_gpus": _regressor_gpus(settings)})
     if settings.replicas is not None:
         working = WORKING_STAGES[settings.topology]
         stages = {name: d.options(num_replicas=settings.replicas) if name in working else d for name, d in stages.items()}
