@@ -10,6 +10,10 @@ weights) with a case index, and the same 1024×1024 PNG scans (common.py says ho
   alone on `--max-batch-size` decoded scans (img/s), the saturation target's denominator.
 - The app: `serve.app.run` on a local Ray (`jobs.cluster.connect`), proxy on loopback, no API
   token; ready when GET /readyz answers 200.
+- C = 1, paired: blocks of 10 scans screened in-process (with the regressor's ORT settings)
+  alternating with blocks posted to the app, `--paired-requests` recorded a side: the overhead
+  figure held to the target, as both sides see the same minutes of the machine (a shared VM
+  drifts more between minutes than the overhead measured).
 - Load: asyncio + aiohttp in this process, C workers each posting a raw PNG body in a loop
   (cycling through `--files` scans) for `--duration` s after `--warmup` s, for each C. Reported:
   p50/p99 of the 200s, requests/s, errors by status, and the mean of each stage of the response's
@@ -84,8 +88,7 @@ def in_process(bundle_path: Path, bodies: list[bytes], requests: int, batch_size
         for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2)):
             stages[stage].append(seconds)
 
-    scans = np.stack([decode(bodies[i % len(bodies)], bundle.image_size) for i in range(batch_size)])
-    batched = ort_batched_throughput(screener.session, scans, batch_size, repeats=4)
+    batched = batched_ort(screener.session, bundle.image_size, bodies, batch_size)
     decode_ms = float(np.mean(stages["decode"]) * 1e3)
     return {
         "requests": requests, "ort_threads": threads, "latency": summary_ms(latencies),
@@ -94,6 +97,14 @@ def in_process(bundle_path: Path, bodies: list[bytes], requests: int, batch_size
         # One process decoding then running batched ORT: what the chain's CPUs could do at best.
         "decode_plus_batched_ort_img_s": 1e3 / (decode_ms + batched["ms_per_image"]),
     }
+
+
+def batched_ort(session, image_size: int, bodies: list[bytes], batch_size: int) -> dict:
+    """ONNX Runtime alone on batches of decoded scans: the saturation target's denominator."""
+    from clare_dist.screening import decode
+
+    scans = np.stack([decode(bodies[i % len(bodies)], image_size) for i in range(batch_size)])
+    return ort_batched_throughput(session, scans, batch_size, repeats=4)
 
 
 def print_in_process(base: dict) -> None:
@@ -116,7 +127,7 @@ def free_port() -> int:
 def start_app(bundle: Path, args: argparse.Namespace) -> tuple[str, dict]:
     """Ray, Serve's proxy on loopback and the application, until GET /readyz answers 200."""
     from jobs.cluster import connect
-    from serve.app import run, serve_environment
+    from serve.app import resolve_topology, run, serve_environment
 
     os.environ.pop("CLARE_API_TOKEN", None)  # no token: the benchmark measures the chain, not auth
     for name, value in serve_environment().items():  # as `clare-dist serve` starts a local Ray
@@ -135,7 +146,7 @@ def start_app(bundle: Path, args: argparse.Namespace) -> tuple[str, dict]:
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, args.ready_timeout)
     timings["ready_s"] = time.perf_counter() - started
-    return url, {"args": app_args, "startup": timings}
+    return url, {"args": app_args, "topology": resolve_topology(args.topology), "startup": timings}
 
 
 def wait_ready(url: str, timeout: float) -> None:
@@ -150,6 +161,61 @@ def wait_ready(url: str, timeout: float) -> None:
             last = err
         time.sleep(1)
     raise SystemExit(f"the app at {url} was not ready after {timeout:.0f} s (last answer: {last})")
+
+
+# --- C = 1, paired ------------------------------------------------------------------------------
+
+
+def paired_overhead(url: str, bundle_path: Path, bodies: list[bytes], requests: int, threads: int | None,
+                    spinning: bool, block: int = 10) -> dict:
+    """The overhead at C=1 measured in pairs of blocks: `block` scans screened in this process,
+    then `block` posted to the app back to back (which side goes first alternates), the first of
+    each block unrecorded, so both sides see the same minute of the machine. On a shared VM the
+    speed drifts by 20% between minutes, more than the overhead being measured. The in-process
+    side uses the regressor's ORT settings, so the difference is the serving path's."""
+    import http.client
+    import urllib.parse
+
+    from clare_dist.bundle import load_bundle
+    from clare_dist.screening import Screener
+
+    screener = Screener(load_bundle(bundle_path), threads=threads, spinning=spinning)
+    address = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+
+    def post(body: bytes) -> None:
+        connection.request("POST", "/v1/predict", body=body, headers={"Content-Type": "image/png"})
+        response = connection.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise SystemExit(f"POST /v1/predict answered {response.status}: {answer[:300]!r}")
+
+    def screen(body: bytes) -> None:
+        screener.screen([body])
+
+    times: dict[str, list[float]] = {"in_process": [], "http": []}
+    blocks = max(1, -(-requests // (block - 1)))
+    for pair in range(blocks):
+        sides = (("in_process", screen), ("http", post)) if pair % 2 else (("http", post), ("in_process", screen))
+        for side, work in sides:
+            for i in range(block):
+                body = bodies[(pair * block + i) % len(bodies)]
+                start = time.perf_counter()
+                work(body)
+                if i:
+                    times[side].append(time.perf_counter() - start)
+    connection.close()
+    local, served = summary_ms(times["in_process"]), summary_ms(times["http"])
+    return {"requests": len(times["http"]), "block": block, "ort_threads": threads, "ort_spinning": spinning,
+            "in_process": local, "http": served, "overhead_p50_ms": served["p50_ms"] - local["p50_ms"],
+            "overhead_mean_ms": served["mean_ms"] - local["mean_ms"]}
+
+
+def print_paired(paired: dict) -> None:
+    local, served = paired["in_process"], paired["http"]
+    print(f"C=1 paired ({paired['requests']} scans a side, in alternating blocks of {paired['block']}): in-process p50 "
+          f"{local['p50_ms']:.1f} ms, HTTP p50 {served['p50_ms']:.1f} ms: overhead p50 {paired['overhead_p50_ms']:+.1f} ms, "
+          f"mean {paired['overhead_mean_ms']:+.1f} ms")
 
 
 # --- the load generator -----------------------------------------------------------------------
@@ -233,9 +299,12 @@ def print_levels(levels: list[dict]) -> None:
 # --- the verdict ------------------------------------------------------------------------------
 
 
-def verdict(base: dict, levels: list[dict], batch_wait_ms: float) -> dict:
-    """Overhead at C=1 (p50 over in-process p50, and where it goes) and the saturation fraction."""
-    result: dict = {}
+def verdict(base: dict, http: dict, batch_wait_ms: float) -> dict:
+    """Overhead at C=1 (paired; and the load level's p50 over the baseline's, with where it goes)
+    and the saturation fraction."""
+    paired, levels = http["paired_c1"], http["levels"]
+    result: dict = {"overhead_paired_p50_ms": paired["overhead_p50_ms"],
+                    "overhead_target_met": bool(paired["overhead_p50_ms"] <= 10.0)}
     single = next((lvl for lvl in levels if lvl["concurrency"] == 1 and lvl["ok"]), None)
     if single:
         result["overhead_p50_ms"] = single["latency"]["p50_ms"] - base["latency"]["p50_ms"]
@@ -244,13 +313,13 @@ def verdict(base: dict, levels: list[dict], batch_wait_ms: float) -> dict:
                 for stage in STAGES}
         result["overhead_split_ms"] = hops | {"outside_stages_ms": single["outside_stages_mean_ms"],
                                               "of_which_batch_wait_ms": batch_wait_ms}
-        result["overhead_target_met"] = bool(result["overhead_p50_ms"] <= 10.0)
     loaded = [lvl for lvl in levels if lvl["ok"]]
     if loaded:
         top = max(loaded, key=lambda lvl: lvl["concurrency"])
         best = max(loaded, key=lambda lvl: lvl["req_s"])
-        ort = base["ort_batched"]["img_s"]
+        ort = (base["ort_batched"]["img_s"] + http["ort_batched_after"]["img_s"]) / 2
         result |= {
+            "ort_batched_img_s": ort,
             "saturated_concurrency": top["concurrency"], "saturated_req_s": top["req_s"], "best_req_s": best["req_s"],
             "saturation_fraction": top["req_s"] / ort,
             "saturation_vs_decode_plus_ort": top["req_s"] / base["decode_plus_batched_ort_img_s"],
@@ -261,16 +330,18 @@ def verdict(base: dict, levels: list[dict], batch_wait_ms: float) -> dict:
 
 def print_verdict(v: dict, base: dict) -> None:
     print("\n== summary ==")
+    print(f"overhead at C=1, paired: p50 {v['overhead_paired_p50_ms']:+.1f} ms (target <= 10 ms)")
     if "overhead_p50_ms" in v:
         split = v["overhead_split_ms"]
-        print(f"overhead at C=1: p50 {v['overhead_p50_ms']:+.1f} ms (mean {v['overhead_mean_ms']:+.1f} ms; target <= 10 ms): "
+        print(f"overhead at C=1, load level vs baseline (minutes apart): p50 {v['overhead_p50_ms']:+.1f} ms "
+              f"(mean {v['overhead_mean_ms']:+.1f} ms): "
               f"decode {split['decode_slower_ms']:+.1f}, regress {split['regress_slower_ms']:+.1f} "
               f"(incl. up to {split['of_which_batch_wait_ms']:g} ms batch wait), lookup {split['lookup_slower_ms']:+.1f} "
               f"slower than in-process; "
               f"outside the stages {split['outside_stages_ms']:.1f} ms")
     if "saturation_fraction" in v:
         print(f"saturated (C={v['saturated_concurrency']}): {v['saturated_req_s']:.2f} req/s = {v['saturation_fraction']:.2f}x "
-              f"batched ORT's {base['ort_batched']['img_s']:.1f} img/s (target >= 0.8x); "
+              f"batched ORT's {v['ort_batched_img_s']:.1f} img/s (mean of before and after; target >= 0.8x); "
               f"{v['saturation_vs_decode_plus_ort']:.2f}x decode + batched ORT in one process "
               f"({base['decode_plus_batched_ort_img_s']:.1f} img/s: the chain must decode on the same cores)")
 
@@ -286,20 +357,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=20, help="distinct 1024x1024 PNGs the requests cycle through")
     parser.add_argument("--baseline-requests", type=int, default=50)
     parser.add_argument("--baseline-only", action="store_true", help="in-process figures only; no Ray")
+    parser.add_argument("--paired-requests", type=int, default=72, help="scans a side of the paired C=1 measurement")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds recorded per concurrency")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of unrecorded load before each")
     parser.add_argument("--request-timeout", type=float, default=120.0)
     app = parser.add_argument_group("the app (serve.app.AppArgs) and its Ray")
-    app.add_argument("--topology", choices=("ingress", "chain"), default="ingress",
-                     help="CPU stages in the ingress (one hop) or in deployments of their own (three)")
-    app.add_argument("--decode-threads", type=int, default=None, help="decoding threads per ingress replica (topology ingress)")
+    app.add_argument("--topology", choices=("auto", "single", "ingress", "chain"), default="auto",
+                     help="every stage in the ingress (no hop), all but the regressor (one), each its own deployment "
+                          "(three); auto: ingress with a GPU, else single (serve/app.py)")
+    app.add_argument("--decode-threads", type=int, default=None, help="decoding threads per ingress replica (topologies single, ingress)")
     app.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default all)")
     app.add_argument("--replicas", type=int, default=None, help="replicas of the working stages (serve.app.WORKING_STAGES)")
     app.add_argument("--max-batch-size", type=int, default=16)
     app.add_argument("--batch-wait-ms", type=float, default=0.0)
     app.add_argument("--ort-threads", type=int, default=None, help="ORT threads per regressor replica (and in-process)")
-    app.add_argument("--ort-spinning", action="store_true", help="the regressor's idle ORT threads busy-wait")
+    app.add_argument("--ort-spinning", choices=("never", "alone", "always"), default="alone",
+                     help="when the regressor's ORT threads busy-wait (serve/stages.py)")
     app.add_argument("--port", type=int, default=0, help="proxy port (default: a free one)")
     app.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
@@ -311,17 +385,28 @@ def run_load(bundle: Path, bodies: list[bytes], args: argparse.Namespace) -> dic
     import ray
     from ray import serve
 
+    from clare_dist.bundle import load_bundle
+    from clare_dist.export import open_session
+
     try:
         url, app = start_app(bundle, args)
         print(f"\n== HTTP on {url} (connect {app['startup']['connect_s']:.1f} s, deploy {app['startup']['deploy_s']:.1f} s, "
               f"ready {app['startup']['ready_s']:.1f} s; cluster {ray.cluster_resources()}) ==")
+        # In-process, one scan at a time runs as the app runs a scan that comes alone.
+        paired = paired_overhead(url, bundle, bodies, args.paired_requests, args.ort_threads, args.ort_spinning != "never")
+        print_paired(paired)
         levels = []
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             levels.append(asyncio.run(load_level(url, bodies, concurrency, args.duration, args.warmup, args.request_timeout)))
             log.info("C=%d: %.2f req/s, p50 %.1f ms", concurrency, levels[-1]["req_s"],
                      levels[-1]["latency"].get("p50_ms", float("nan")))
         print_levels(levels)
-        return app | {"cluster": ray.cluster_resources(), "levels": levels}
+        # Measured again now: the denominator of the saturation fraction is the mean of before and after.
+        loaded = load_bundle(bundle)
+        ort_after = batched_ort(open_session(loaded.onnx_path, threads=args.ort_threads), loaded.image_size, bodies,
+                                args.max_batch_size)
+        print(f"batched ORT after the load levels: {ort_after['img_s']:.1f} img/s")
+        return app | {"cluster": ray.cluster_resources(), "paired_c1": paired, "levels": levels, "ort_batched_after": ort_after}
     finally:
         if ray.is_initialized():
             serve.shutdown()
@@ -354,7 +439,7 @@ def main() -> None:
 
     if not args.baseline_only:
         document["http"] = run_load(bundle, bodies, args)
-        document["summary"] = verdict(base, document["http"]["levels"], args.batch_wait_ms)
+        document["summary"] = verdict(base, document["http"], args.batch_wait_ms)
         print_verdict(document["summary"], base)
     out = write_json(document, args.out)
     print(f"\nwrote {out}")

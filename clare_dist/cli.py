@@ -7,8 +7,10 @@ library function; nothing here decides anything about the method.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Callable, Sequence
 from clare_dist.bundle import BundleError
 from clare_dist.case_index import CaseIndexError
 from clare_dist.cxr14 import (
+    DATA_ENTRY_NAME,
     FOLD_SEED,
     MetadataError,
     combination_counts,
@@ -29,6 +32,8 @@ from clare_dist.runs import LABELS_FILE, RunError
 from clare_dist.scans import ScanError
 
 log = logging.getLogger("clare_dist")
+
+DEMO_SETTINGS_FILE = "demo.json"  # in the demo's --out: the settings a re-run must repeat to resume
 
 # Failures a person can fix from the message alone: printed without a traceback, exit code 2.
 USER_ERRORS = (
@@ -48,7 +53,9 @@ def prepare(data_entry: Path, out: Path, seed: int = FOLD_SEED):
     raw = read_data_entry(data_entry)
     table = label_table(raw, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out / LABELS_FILE, index=False)
+    partial = out / f"{LABELS_FILE}.tmp"  # renamed when complete: an interrupted write leaves no table behind
+    table.to_parquet(partial, index=False)
+    partial.replace(out / LABELS_FILE)
     log.info("%d of %d images kept (at most 3 findings), %d patients, 5 folds", len(table), len(raw), table["patient_id"].nunique())
     return table
 
@@ -97,18 +104,30 @@ def synthesize(out: Path, n_images: int, size: int, seed: int, dicom: bool):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole method on the embedded default: archive → references → 5 folds → bundle → screening."""
-    from clare_dist.runs import init_run
+    """The whole method on the embedded default: archive → references → 5 folds → bundle → screening.
+
+    Re-run with the same settings, it resumes: finished steps (archives, labels, references,
+    folds, the bundle, screened scans) are kept, the rest is done."""
+    import pandas as pd
+
+    from clare_dist.bundle import load_bundle
+    from clare_dist.references import REFERENCES_FILE
+    from clare_dist.runs import BUNDLE_DIR, init_run
     from clare_dist.synth import write_broken_scans
     from clare_dist.training import TrainConfig
 
     out = Path(args.out)
-    archive = synthesize(out / "archive", args.n_images, args.size, args.seed, dicom=False)
-    table = prepare(archive.data_entry_csv, out / "prepared")
-    space = make_references(out / "references", seed=args.seed)
+    settings = {"n_images": args.n_images, "size": args.size, "epochs": args.epochs, "backlog": args.backlog, "seed": args.seed}
+    if _claim_demo_dir(out, settings):
+        print(f"resuming the demo in {out}: finished steps are kept")
+    archive = _demo_archive(out / "archive", args.n_images, args.size, args.seed)
+    labels = out / "prepared" / LABELS_FILE
+    table = pd.read_parquet(labels) if labels.exists() else prepare(archive / DATA_ENTRY_NAME, out / "prepared")
     print("Table 1 of the synthetic archive (images per combination):")
     print(format_counts_table(combination_counts(table)))
-    print(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}")
+    if not (out / "references" / REFERENCES_FILE).exists():
+        space = make_references(out / "references", seed=args.seed)
+        print(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}")
 
     run = out / "run"
     init_run(run, out / "prepared" / LABELS_FILE, out / "references")
@@ -118,16 +137,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = TrainConfig(backbone="resnet18", image_size=args.size, epochs=args.epochs, batch_size=32,
                          learning_rate=1e-3, patience=3, seed=args.seed, num_workers=0)
-    run_cross_validation(run / LABELS_FILE, archive.root, run / "references.json", run, config)
+    run_cross_validation(run / LABELS_FILE, archive, run / REFERENCES_FILE, run, config)
     headline = _evaluate(run, quiet=True)
-    bundle = _export(run, archive.root, None, False)
-    settings = EmbedSettings(batch_size=32, task_cpus=0.25)
-    labelled = run_embed(bundle.path, archive.image_dir, out / "labelled", settings)
+    bundle = load_bundle(run / BUNDLE_DIR) if (run / BUNDLE_DIR).is_dir() else _export(run, archive, None, False)
+    embedding = EmbedSettings(batch_size=32, task_cpus=0.25)
+    labelled = run_embed(bundle.path, archive / "images", out / "labelled", embedding)
     indexed = build_case_index(bundle.path, labelled, table)
 
-    backlog = synthesize(out / "backlog", args.backlog, args.size, args.seed + 1, dicom=False)
-    broken = write_broken_scans(backlog.image_dir)
-    screened = run_embed(bundle.path, backlog.image_dir, out / "screened", settings)
+    backlog = _demo_archive(out / "backlog", args.backlog, args.size, args.seed + 1)
+    broken = write_broken_scans(backlog / "images")
+    screened = run_embed(bundle.path, backlog / "images", out / "screened", embedding)
     counts = screened["status"].value_counts()
     print(f"cross-validation: R4 mean F1 {headline['r4_mean_f1']:.3f}, baseline (PR) {headline['baseline_pr_mean_f1']:.3f}"
           f" — tables in {run / 'evaluation' / 'evaluation.md'}")
@@ -137,6 +156,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"results: {out.resolve() / 'screened' / 'results'}")
     print(f"report: open {out.resolve() / 'screened' / 'report.html'} in a browser")
     return 0
+
+
+def _claim_demo_dir(out: Path, settings: dict[str, int]) -> bool:
+    """Record the demo's settings in `out` (new or empty), or check a re-run's against those
+    recorded: True when the same demo is resumed; other settings are refused, not mixed in."""
+    record = out / DEMO_SETTINGS_FILE
+    if record.exists():
+        recorded = json.loads(record.read_text())
+        if recorded != settings:
+            changed = ", ".join(f"{name} {recorded.get(name)} -> {value}" for name, value in settings.items()
+                                if recorded.get(name) != value)
+            raise RunError(f"{out} holds a demo run with other settings ({changed}); re-run with its settings "
+                           "to resume it, or use a new --out")
+        return True
+    if out.is_dir() and any(out.iterdir()):
+        raise RunError(f"{out} is not empty and holds no demo run; use a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=2) + "\n")
+    return False
+
+
+def _demo_archive(root: Path, n_images: int, size: int, seed: int) -> Path:
+    """The demo's synthetic archive at `root`: kept if complete, else (re)drawn — a half-written one
+    is the demo's own, left by an interrupted run."""
+    if (root / DATA_ENTRY_NAME).exists():
+        log.info("keeping the finished archive %s", root)
+        return root
+    if root.exists():
+        log.info("redrawing the half-written archive %s", root)
+        shutil.rmtree(root)
+    return synthesize(root, n_images, size, seed, dicom=False).root
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -384,12 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000)
     scaling = p.add_mutually_exclusive_group()
-    p.add_argument("--topology", choices=("ingress", "chain"), default="ingress",
-                   help="decode and look up in the ingress replicas (one hop a request; default) "
-                        "or in deployments of their own (three hops)")
+    p.add_argument("--topology", choices=("auto", "single", "ingress", "chain"), default="auto",
+                   help="single: each ingress replica runs every stage (no hop); ingress: all but the regressor "
+                        "(one hop); chain: every stage a deployment (three hops); auto (default): ingress where "
+                        "Ray has a GPU, else single")
     p.add_argument("--decode-threads", type=int, default=None,
-                   help="scans each ingress replica decodes at once (default: its CPUs, 1); more on a GPU box")
-    scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decoding and regressor stages")
+                   help="scans each ingress replica decodes at once (default: its CPUs); more on a GPU box")
+    scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decoding and regressor stages (serve.app.WORKING_STAGES)")
     scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")
     p.add_argument("--images", type=Path, default=None, help="folder the indexed cases' relative paths are under")

@@ -28,6 +28,8 @@ from clare_dist.labels import (
 
 log = logging.getLogger(__name__)
 
+# NIH's label table; a synthetic archive writes it last, so an archive that has it is complete.
+DATA_ENTRY_NAME = "Data_Entry_2017.csv"
 # The header of NIH's Data_Entry_2017.csv: 9 names, 11 fields (two names hold a comma).
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

@@ -252,10 +252,11 @@ class Screener:
         index: CaseIndex | None = None,
         threads: int | None = None,
         batch_size: int = 32,
+        spinning: bool = True,
     ) -> None:
         self.bundle = bundle
         self.index = index if index is not None else bundled_index(bundle)
-        self.session = open_session(bundle.onnx_path, threads=threads)
+        self.session = open_session(bundle.onnx_path, threads=threads, spinning=spinning)
         self.batch_size = batch_size
 
     def screen(self, sources: Sequence[ScanSource], scan_ids: Sequence[str] | None = None,

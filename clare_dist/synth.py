@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
-from .cxr14 import DATA_ENTRY_HEADER
+from .cxr14 import DATA_ENTRY_HEADER, DATA_ENTRY_NAME
 from .labels import (
     CLASS_FINDINGS,
     CLASSES,
@@ -458,7 +458,7 @@ def write_archive(
     """
     root = Path(out_dir)
     image_dir = root / "images"
-    csv_path = root / "Data_Entry_2017.csv"
+    csv_path = root / DATA_ENTRY_NAME
     if csv_path.exists() or (image_dir.is_dir() and any(image_dir.iterdir())):
         raise FileExistsError(
             f"{root} already holds an archive; write into an empty or new directory, or delete it first"

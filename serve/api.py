@@ -4,20 +4,22 @@ The ingress does what must happen before any work is spent on a request — auth
 the body size limit, the content type — and turns every outcome into a JSON answer that
 carries the request id and the model version.
 
-Where the CPU stages run is the application's topology (serve/app.py): in the ingress replicas
+Where the stages run is the application's topology (serve/app.py): in the ingress replicas
 themselves (decoding in a pool of worker threads sized to the replica's CPUs, the rules and the
-lookup inline), so a request crosses one hop, to the regressor and back; or as deployments of
-their own, chained so the ingress awaits once at the chain's end.
+lookup inline, and with topology 'single' the batching regressor too, so a request crosses no
+hop); or as deployments of their own (the regressor: one hop; all: chained, so the ingress awaits
+once at the chain's end).
 """
 
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,7 +34,7 @@ from starlette.formparsers import MultiPartParser
 
 from clare_dist.bundle import INTENDED_USE, load_bundle
 from clare_dist.screening import DEFAULT_K, ScanFailure
-from serve.stages import CaseLookup, Preprocessor
+from serve.stages import CaseLookup, Preprocessor, Regressed, Regressor, RegressorSettings
 
 log = logging.getLogger("ray.serve")
 
@@ -160,16 +162,21 @@ def _replica_cpus() -> int:
 @serve.ingress(api)
 class ClareAPI:
     """The ingress: one replica handles many requests at once. Given no preprocessor and lookup
-    deployments, it decodes and looks up itself (one hop a request); given them, it only waits."""
+    deployments, it decodes and looks up itself; given regressor settings instead of a regressor
+    deployment, it regresses too. What it is given as deployments, it waits for."""
 
-    def __init__(self, regressor: DeploymentHandle, bundle: str, max_body_mb: float,
+    def __init__(self, regressor: DeploymentHandle | RegressorSettings, bundle: str, max_body_mb: float,
                  preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
                  images_root: str | None = None, decode_threads: int | None = None) -> None:
-        self.regressor, self.preprocessor, self.lookup = regressor, preprocessor, lookup
+        self.preprocessor, self.lookup = preprocessor, lookup
+        local = isinstance(regressor, RegressorSettings)
+        self.regressor = None if local else regressor
+        self.local_regressor = Regressor.func_or_class(bundle, regressor) if local else None
         self.model_version = load_bundle(bundle).model_version
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
         self.in_ingress = preprocessor is None
+        self.screenings = 0  # screening requests this replica holds now: 1 means a scan came alone
         if self.in_ingress:
             self.decoder = Preprocessor.func_or_class(bundle)
             self.cases = CaseLookup.func_or_class(bundle, images_root)
@@ -190,13 +197,15 @@ class ClareAPI:
 
     @api.get("/readyz", summary="Ready: the bundle is loaded and every stage answers with the same model")
     async def readyz(self, request: Request) -> JSONResponse:
-        stages = {"Regressor": self.regressor}
+        stages = {"Regressor": self.regressor} if self.local_regressor is None else {}
         if not self.in_ingress:
             stages |= {"Preprocessor": self.preprocessor, "CaseLookup": self.lookup}
         answers = await asyncio.gather(*(self._stage_version(h) for h in stages.values()))
         status = {name: version for name, version in zip(stages, answers)}
         if self.in_ingress:
             status |= {"Preprocessor": self.decoder.ready(), "CaseLookup": self.cases.ready()}
+        if self.local_regressor is not None:
+            status["Regressor"] = self.local_regressor.ready()
         ready = all(version == self.model_version for version in status.values())
         return JSONResponse({"ready": ready, "model_version": self.model_version, "stages": status},
                             status_code=200 if ready else 503)
@@ -207,16 +216,17 @@ class ClareAPI:
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
         start = time.perf_counter()
-        if self.in_ingress:
-            decoded = await self._here(self.decoder, body, rid)
-            if isinstance(decoded, ScanFailure):
-                raise APIError(422, decoded.kind, decoded.reason)
-            outcome = self.cases.screen(await self._shed_overload(self.regressor.remote(decoded)), rid, k)
-        else:
-            # The stages are chained: each gets the previous one's result straight from it, and the
-            # ingress waits once, for the end of the chain (a bad scan travels it as a ScanFailure).
-            regressed = self.regressor.remote(self.preprocessor.remote(body, rid))
-            outcome = await self._shed_overload(self.lookup.screen.remote(regressed, rid, k))
+        with self._screening():
+            if self.in_ingress:
+                decoded = await self._here(self.decoder, body, rid)
+                if isinstance(decoded, ScanFailure):
+                    raise APIError(422, decoded.kind, decoded.reason)
+                outcome = self.cases.screen(await self._regress(decoded), rid, k)
+            else:
+                # The stages are chained: each gets the previous one's result straight from it, and the
+                # ingress waits once, for the end of the chain (a bad scan travels it as a ScanFailure).
+                regressed = self.regressor.remote(self.preprocessor.remote(body, rid), self.screenings == 1)
+                outcome = await self._shed_overload(self.lookup.screen.remote(regressed, rid, k))
         if isinstance(outcome, ScanFailure):
             raise APIError(422, outcome.kind, outcome.reason)
         screening, seconds = outcome
@@ -230,13 +240,15 @@ class ClareAPI:
         self._authorize(request)
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
-        if self.in_ingress:
-            decoded = await self._here(self.decoder, body, rid, True)
-        else:
-            decoded = await self._shed_overload(self.preprocessor.remote(body, rid, True))
-        if isinstance(decoded, ScanFailure):
-            raise APIError(422, decoded.kind, decoded.reason)
-        regressed = await self._shed_overload(self.regressor.remote(decoded))
+        with self._screening():
+            if self.in_ingress:
+                decoded = await self._here(self.decoder, body, rid, True)
+            else:
+                decoded = await self._shed_overload(self.preprocessor.remote(body, rid, True))
+            if isinstance(decoded, ScanFailure):
+                raise APIError(422, decoded.kind, decoded.reason)
+            regressed = await self._regress(decoded)
+        self._observe(regressed.seconds)
         if self.in_ingress:
             png = await self._here(self.cases.plot, regressed.coords, rid, k, decoded.thumbnail)
         else:
@@ -258,6 +270,22 @@ class ClareAPI:
     async def _here(self, work: Any, *args: Any) -> Any:
         """CPU work of this replica, in its worker threads, so the event loop keeps serving."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
+
+    async def _regress(self, decoded: Any) -> Regressed:
+        """The scan's point, from this replica's regressor or the Regressor deployment."""
+        alone = self.screenings == 1
+        if self.local_regressor is not None:
+            return await self.local_regressor(decoded, alone)
+        return await self._shed_overload(self.regressor.remote(decoded, alone))
+
+    @contextlib.contextmanager
+    def _screening(self) -> Iterator[None]:
+        """Count a screening request while it is in this replica (the regressor's `alone`)."""
+        self.screenings += 1
+        try:
+            yield
+        finally:
+            self.screenings -= 1
 
     async def _shed_overload(self, response: Any) -> Any:
         """The stage's answer; 503 with Retry-After when a stage's queue is full."""

@@ -4,11 +4,15 @@
 `clare-dist serve` calls `run` with the same args. Replica counts and autoscaling for a
 cluster are set in the config; `--autoscale` locally applies the config's settings.
 
-Two topologies. "ingress" (the default): the ingress replicas decode, classify and look up,
-and only the regressor is a deployment of its own, so a request makes one hop between
-deployments; CPU work scales with the ingress, the regressor with the GPUs. "chain": the
-preprocessor and the lookup are deployments too (three hops): for clusters whose ingress must
-stay light, at a measured cost (benchmarks/README.md).
+Three topologies, by how many hops between deployments a request makes:
+- "single" (0): each ingress replica runs the whole pipeline, regressor included (still batching
+  the requests it holds at once). For machines without GPUs, where a regressor of its own would
+  share the same cores and only add a hop; the ingress scales as one.
+- "ingress" (1): the ingress replicas decode, classify and look up; only the regressor is a
+  deployment of its own, so it goes where the GPUs are and scales with them.
+- "chain" (3): the preprocessor and the lookup are deployments too, for clusters whose ingress
+  must stay light, at a measured cost (benchmarks/README.md).
+"auto" (the default) is "ingress" where the cluster has a GPU, else "single".
 """
 
 from __future__ import annotations
@@ -26,16 +30,17 @@ from ray import serve
 from ray.serve import Application
 
 from serve.api import ClareAPI
-from serve.stages import CaseLookup, Preprocessor, Regressor
+from serve.stages import CaseLookup, Preprocessor, Regressor, RegressorSettings, Spinning
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "clare"
 CONFIG_FILE = Path(__file__).with_name("config.yaml")
 # The stages whose replica count `--replicas` sets: those that do the work in each topology.
-WORKING_STAGES = {"ingress": ("ClareAPI", "Regressor"), "chain": ("Preprocessor", "Regressor")}
-# The ingress's CPU share where it decodes: what the preprocessor held in the chain.
-INGRESS_DECODING_CPUS = 1.0
+WORKING_STAGES = {"single": ("ClareAPI",), "ingress": ("ClareAPI", "Regressor"), "chain": ("Preprocessor", "Regressor")}
+# The ingress's CPU share where it decodes: what the preprocessor held in the chain; where it
+# also runs the regressor, what both held.
+INGRESS_CPUS = {"single": 1.5, "ingress": 1.0, "chain": ClareAPI.ray_actor_options["num_cpus"]}
 # Serve's lower-overhead request path (gRPC between replicas, buffered request logs) and its
 # HAProxy ingress (HTTP parsed and routed by HAProxy straight to the ingress replicas instead of
 # Serve's Python proxy; ports shared between the nodes of one host). Measured on the 2-core
@@ -59,18 +64,23 @@ class AppArgs(BaseModel):
     """What the application is built from: the bundle, and the knobs that are not replica counts."""
 
     bundle: str = Field(description="model bundle directory (mounted read-only in a cluster)")
-    topology: Literal["ingress", "chain"] = Field(
-        "ingress", description="where decoding and the lookup run: in the ingress replicas, or each in a deployment of its own")
-    decode_threads: int | None = Field(None, ge=1, description="scans each ingress replica decodes at a time (topology 'ingress'; default: its CPUs)")
+    topology: Literal["auto", "single", "ingress", "chain"] = Field(
+        "auto", description="where the stages run: all in the ingress replicas (single), all but the regressor (ingress), "
+        "each in a deployment of its own (chain); auto: ingress where the cluster has a GPU, else single")
+    decode_threads: int | None = Field(None, ge=1, description="scans each ingress replica decodes at a time (topologies single and ingress; default: its CPUs)")
     images_root: str | None = Field(None, description="directory that relative case image paths of the index are under")
     max_body_mb: float = Field(64, gt=0, description="largest accepted request body, in MiB (413 beyond)")
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a regressor batch waits to fill (0: take what has queued while the last batch ran)")
     ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads per regressor replica")
-    ort_spinning: bool = Field(False, description="let idle ONNX Runtime threads busy-wait (lower latency on cores the regressor has alone)")
+    ort_spinning: Spinning = Field("alone", description="when a CPU regressor's ONNX Runtime threads busy-wait between operators: "
+                                   "never, always, or for a scan that came alone (default; serve/stages.py)")
     regressor_gpus: float | None = Field(None, ge=0, description="GPUs per regressor replica; default: 1 if the cluster has GPUs")
     replicas: int | None = Field(None, ge=1, description="fixed replica count of the stages that do the work (ingress or Preprocessor, and Regressor)")
     autoscale: bool = Field(False, description="autoscale the stages with serve/config.yaml's settings")
+
+    def regressor_settings(self) -> RegressorSettings:
+        return RegressorSettings(self.max_batch_size, self.batch_wait_ms / 1000, self.ort_threads, self.ort_spinning)
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -82,27 +92,40 @@ def build_app(args: dict[str, Any]) -> Application:
     settings = AppArgs.model_validate(args)
     if settings.replicas is not None and settings.autoscale:
         raise ValueError("give either a fixed replica count or autoscaling, not both")
-    if settings.topology == "ingress":
-        stages = {"ClareAPI": ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | {"num_cpus": INGRESS_DECODING_CPUS})}
-    else:
-        stages = {"ClareAPI": ClareAPI.options(), "Preprocessor": Preprocessor.options(), "CaseLookup": CaseLookup.options()}
-    stages["Regressor"] = Regressor.options(ray_actor_options=Regressor.ray_actor_options | {"num_gpus": _regressor_gpus(settings)})
+    topology = resolve_topology(settings.topology)
+    ingress = ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | {"num_cpus": INGRESS_CPUS[topology]})
+    stages = {"ClareAPI": ingress}
+    if topology != "single":
+        stages["Regressor"] = Regressor.options(ray_actor_options=Regressor.ray_actor_options | {"num_gpus": _regressor_gpus(settings)})
+    if topology == "chain":
+        stages |= {"Preprocessor": Preprocessor.options(), "CaseLookup": CaseLookup.options()}
     if settings.replicas is not None:
-        working = WORKING_STAGES[settings.topology]
+        working = WORKING_STAGES[topology]
         stages = {name: d.options(num_replicas=settings.replicas) if name in working else d for name, d in stages.items()}
     if settings.autoscale:
         scaling = config_autoscaling()
         stages = {name: d.options(autoscaling_config=scaling[name]) if name in scaling else d for name, d in stages.items()}
-    regressor = stages["Regressor"].bind(settings.bundle, settings.max_batch_size, settings.batch_wait_ms / 1000,
-                                           settings.ort_threads, settings.ort_spinning)
-    if settings.topology == "ingress":
+    regressor = settings.regressor_settings()
+    if topology == "single":
         return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
                                        decode_threads=settings.decode_threads)
+    remote_regressor = stages["Regressor"].bind(settings.bundle, regressor)
+    if topology == "ingress":
+        return stages["ClareAPI"].bind(remote_regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
+                                       decode_threads=settings.decode_threads)
     return stages["ClareAPI"].bind(
-        regressor, settings.bundle, settings.max_body_mb,
+        remote_regressor, settings.bundle, settings.max_body_mb,
         preprocessor=stages["Preprocessor"].bind(settings.bundle),
         lookup=stages["CaseLookup"].bind(settings.bundle, settings.images_root),
     )
+
+
+def resolve_topology(topology: str) -> str:
+    """The topology to build: 'auto' becomes 'ingress' where the cluster has a GPU for the regressor,
+    else 'single' (a regressor deployment on the same CPUs would only add a hop)."""
+    if topology != "auto":
+        return topology
+    return "ingress" if _cluster_gpus() >= 1 else "single"
 
 
 def config_autoscaling(config_file: Path = CONFIG_FILE) -> dict[str, dict[str, Any]]:
@@ -125,4 +148,8 @@ def run(args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, blockin
 def _regressor_gpus(settings: AppArgs) -> float:
     if settings.regressor_gpus is not None:
         return settings.regressor_gpus
-    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return 1.0 if _cluster_gpus() >= 1 else 0.0
+
+
+def _cluster_gpus() -> float:
+    return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0.0

@@ -71,7 +71,10 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
         port = s.getsockname()[1]
     from serve.app import serve_environment  # the Serve settings `clare-dist serve` and the RayService use
 
-    env = {**os.environ, **serve_environment(), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # An ingress replica behind HAProxy stays up 30 s after it is told to stop, so external load
+    # balancers can take it out of rotation; no balancer here, and each app deleted would wait.
+    env = {**os.environ, **serve_environment(), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
     temp = tmp_path_factory.mktemp("ray")
     common = ["--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     head = ["ray", "start", "--head", f"--port={port}", *head_start_flags(), "--include-dashboard=false",

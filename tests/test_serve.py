@@ -1,4 +1,4 @@
-"""The Serve application over real HTTP on loopback, in both topologies: answers equal
+"""The Serve application over real HTTP on loopback, in each topology: answers equal
 `clare-dist predict`, every error class is a JSON 4xx, concurrent requests are answered right,
 and a killed regressor replica is replaced."""
 
@@ -30,7 +30,13 @@ def archive_images(tiny_archive) -> list[Path]:
     return [tiny_archive / "archive" / "images" / name for name in labels["image_index"][:24]]
 
 
-@pytest.fixture(scope="module", params=["ingress", "chain"])
+# The deployments of each topology, and the one whose replicas run the regressor.
+DEPLOYMENTS = {"single": {"ClareAPI"}, "ingress": {"ClareAPI", "Regressor"},
+               "chain": {"ClareAPI", "Preprocessor", "Regressor", "CaseLookup"}}
+REGRESSING = {"single": "ClareAPI", "ingress": "Regressor", "chain": "Regressor"}
+
+
+@pytest.fixture(scope="module", params=list(DEPLOYMENTS))
 def app_url(request, ray_address, indexed_tiny_bundle, tiny_archive):
     """The app as `clare-dist serve` builds it, in each topology, with the API token set in the
     replicas' environment (as a Kubernetes Secret would) and a 1 MiB body limit."""
@@ -81,8 +87,7 @@ def test_ready_and_alive(app_url, indexed_tiny_bundle, request):
 
     deployments = set(serve.status().applications[APP_NAME].deployments)
     topology = request.node.callspec.params["app_url"]
-    assert deployments == ({"ClareAPI", "Regressor"} if topology == "ingress"
-                           else {"ClareAPI", "Preprocessor", "Regressor", "CaseLookup"})
+    assert deployments == DEPLOYMENTS[topology]
     version = load_bundle(indexed_tiny_bundle).model_version
     ready = requests.get(f"{app_url}/readyz", timeout=30)
     assert ready.status_code == 200
@@ -201,20 +206,25 @@ def test_concurrent_requests_each_get_their_own_answer(app_url, indexed_tiny_bun
     assert len({a["request_id"] for a in answers}) == len(scans)
 
 
-def test_a_killed_regressor_replica_is_replaced(app_url, archive_images):
+def test_a_killed_regressor_replica_is_replaced(app_url, archive_images, request):
     import ray
+
+    regressing = REGRESSING[request.node.callspec.params["app_url"]]
 
     def regressor_replicas() -> set[str]:
         return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["namespace"] == "serve" and "#Regressor#" in a["name"]}
+                if a["namespace"] == "serve" and f"#{regressing}#" in a["name"]}
 
     (before,) = regressor_replicas()
     ray.kill(ray.get_actor(before, namespace="serve"), no_restart=True)
     deadline, answered = time.monotonic() + 120, None
     while time.monotonic() < deadline:
-        response = requests.post(f"{app_url}/v1/predict", data=archive_images[5].read_bytes(),
-                                 headers=AUTH | {"Content-Type": "image/png"}, timeout=60)
-        if response.status_code == 200:
+        try:
+            response = requests.post(f"{app_url}/v1/predict", data=archive_images[5].read_bytes(),
+                                     headers=AUTH | {"Content-Type": "image/png"}, timeout=60)
+        except requests.ConnectionError:  # the proxy closes the connection while no ingress replica is up
+            response = None
+        if response is not None and response.status_code == 200:
             answered = response.json()
             break
         time.sleep(1)
@@ -224,19 +234,28 @@ def test_a_killed_regressor_replica_is_replaced(app_url, archive_images):
     assert requests.get(f"{app_url}/readyz", timeout=30).status_code == 200
 
 
-@pytest.mark.parametrize("spinning", [False, True])
-def test_regressor_spins_only_when_asked(tiny_bundle, spinning):
-    """The regressor's ONNX Runtime threads busy-wait only with `ort_spinning` (they would take the
-    cores the ingress decodes on); its thread count is explicit, not Ray's OMP_NUM_THREADS."""
+def allows_spinning(session) -> bool:
+    try:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except RuntimeError:  # not set: ONNX Runtime's default, which spins
+        return True
+
+
+@pytest.mark.parametrize("spinning, alone_spins, batch_spins", [("never", False, False), ("alone", True, False),
+                                                                 ("always", True, True)])
+def test_regressor_spins_only_when_asked(tiny_bundle, spinning, alone_spins, batch_spins):
+    """The regressor's ONNX Runtime threads busy-wait as `ort_spinning` says: by default for a scan
+    that came alone, not under load (they would take the cores the ingress decodes on);
+    its thread count is explicit, not Ray's OMP_NUM_THREADS."""
+    from clare_dist.screening import regress
     from serve.app import AppArgs
     from serve.stages import Regressor
 
     args = AppArgs(bundle=str(tiny_bundle), ort_threads=2, ort_spinning=spinning)
-    regressor = Regressor.func_or_class(args.bundle, args.max_batch_size, 0.0, args.ort_threads, args.ort_spinning)
-    options = regressor.session.get_session_options()
-    assert options.intra_op_num_threads == 2
-    try:
-        setting = options.get_session_config_entry("session.intra_op.allow_spinning")
-    except RuntimeError:  # not set: ONNX Runtime's default, which spins
-        setting = None
-    assert setting == (None if spinning else "0")
+    regressor = Regressor.func_or_class(args.bundle, args.regressor_settings())
+    alone, batch = regressor.session_for(1, alone=True), regressor.session_for(4, alone=False)
+    assert regressor.session_for(1, alone=False) is batch  # one scan, sent while others were being decoded
+    assert alone.get_session_options().intra_op_num_threads == batch.get_session_options().intra_op_num_threads == 2
+    assert (allows_spinning(alone), allows_spinning(batch)) == (alone_spins, batch_spins)
+    scans = np.stack([np.full((48, 48), v, np.uint8) for v in (0, 90, 180, 255)])
+    assert np.allclose(regress(alone, scans, 1), regress(batch, scans, 4), atol=1e-5)
