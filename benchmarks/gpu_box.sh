@@ -6,9 +6,10 @@
 #   bash benchmarks/gpu_box.sh OUT [SECONDS_PER_LEVEL]
 #
 # 1. gpu_probe: which device training, the regressor and the case index use here.
-# 2. bench_serve, topology ingress, then chain (C = 1, 8, 32; C = 1, 8): the chain's overhead and
+# 2. bench_serve, topology ingress (the regressor a deployment of its own: what `auto` picks with a
+#    GPU), then single (every stage in the ingress replicas; C = 1, 8, 32 each): overhead and
 #    saturation when cores are not the limit (a 2-core laptop cannot show that).
-# 3. the demo (the README's first command): synthetic archive, 5-fold CV on Ray Train with one GPU
+# 3. the demo (the README's first command; DEMO_OUT of an interrupted run resumes it): synthetic archive, 5-fold CV on Ray Train with one GPU
 #    per fold, bundle, index, backlog screened by the Ray Data job, report.
 set -u
 OUT=${1:?usage: bash benchmarks/gpu_box.sh OUT [SECONDS_PER_LEVEL]}
@@ -32,6 +33,6 @@ step() {
 step gpu_probe 60 "$PY" benchmarks/gpu_probe.py --out "$OUT/gpu_probe.json"
 step serve_ingress 200 "$PY" benchmarks/bench_serve.py --topology ingress --decode-threads "$DECODE_THREADS" \
     --duration "$LEVEL_S" --warmup 3 --out "$OUT/serve_ingress.json"
-step serve_chain 130 "$PY" benchmarks/bench_serve.py --topology chain --concurrency 1,8 \
-    --duration "$LEVEL_S" --warmup 3 --out "$OUT/serve_chain.json"
+step serve_single 200 "$PY" benchmarks/bench_serve.py --topology single --decode-threads "$DECODE_THREADS" \
+    --duration "$LEVEL_S" --warmup 3 --out "$OUT/serve_single.json"
 step demo 200 "$PY" -m clare_dist demo --out "${DEMO_OUT:-$OUT/demo}"
