@@ -319,7 +319,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from clare_dist.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)  # a wrong path fails here, in words, not in a replica's log
-    from serve.app import run, serve_environment
+    from serve.app import resolve_topology, run, serve_environment
 
     for name, value in serve_environment().items():  # for a local Ray started below
         os.environ.setdefault(name, value)
@@ -328,7 +328,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app_args = {"bundle": str(bundle.path.resolve()), "topology": args.topology,
                 "decode_threads": args.decode_threads, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
-    print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops")
+    print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs), "
+          f"topology {resolve_topology(args.topology)}; Ctrl-C stops")
     run(app_args, host=args.host, port=args.port, blocking=True)
     return 0
 

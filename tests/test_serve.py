@@ -259,3 +259,15 @@ def test_regressor_spins_only_when_asked(tiny_bundle, spinning, alone_spins, bat
     assert (allows_spinning(alone), allows_spinning(batch)) == (alone_spins, batch_spins)
     scans = np.stack([np.full((48, 48), v, np.uint8) for v in (0, 90, 180, 255)])
     assert np.allclose(regress(alone, scans, 1), regress(batch, scans, 4), atol=1e-5)
+
+
+def test_auto_topology_follows_the_gpus(monkeypatch):
+    """`auto` keeps the regressor in the ingress replicas where no GPU is (a deployment of its
+    own would share their cores and add a hop) and gives it its own deployment where one is."""
+    from serve import app
+
+    assert [app.resolve_topology(t) for t in ("single", "ingress", "chain")] == ["single", "ingress", "chain"]
+    monkeypatch.setattr(app, "_cluster_gpus", lambda: 0.0)
+    assert app.resolve_topology("auto") == "single"
+    monkeypatch.setattr(app, "_cluster_gpus", lambda: 1.0)
+    assert app.resolve_topology("auto") == "ingress"
