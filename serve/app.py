@@ -75,7 +75,7 @@ class AppArgs(BaseModel):
     ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads per regressor replica")
     ort_spinning: Spinning = Field("alone", description="when a CPU regressor's ONNX Runtime threads busy-wait between operators: "
                                    "never, always, or for a scan that came alone (default; serve/stages.py)")
-    regressor_gpus: float | None = Field(None, ge=0, description="GPUs per regressor replica; default: 1 if the cluster has GPUs")
+    regressor_gpus: float | None = Field(None, ge=0, description="GPUs per replica that regresses (Regressor; ClareAPI in topology single); default: 1 if the cluster has GPUs")
     replicas: int | None = Field(None, ge=1, description="fixed replica count of the stages that do the work (ingress or Preprocessor, and Regressor)")
     autoscale: bool = Field(False, description="autoscale the stages with serve/config.yaml's settings")
 
@@ -93,10 +93,11 @@ def build_app(args: dict[str, Any]) -> Application:
     if settings.replicas is not None and settings.autoscale:
         raise ValueError("give either a fixed replica count or autoscaling, not both")
     topology = resolve_topology(settings.topology)
-    ingress = ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | {"num_cpus": INGRESS_CPUS[topology]})
-    stages = {"ClareAPI": ingress}
+    regressing = {"num_gpus": _regressor_gpus(settings)}
+    ingress = {"num_cpus": INGRESS_CPUS[topology]} | (regressing if topology == "single" else {})
+    stages = {"ClareAPI": ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | ingress)}
     if topology != "single":
-        stages["Regressor"] = Regressor.options(ray_actor_options=Regressor.ray_actor_options | {"num_gpus": _regressor_gpus(settings)})
+        stages["Regressor"] = Regressor.options(ray_actor_options=Regressor.ray_actor_options | regressing)
     if topology == "chain":
         stages |= {"Preprocessor": Preprocessor.options(), "CaseLookup": CaseLookup.options()}
     if settings.replicas is not None:

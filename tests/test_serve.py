@@ -271,3 +271,20 @@ def test_auto_topology_follows_the_gpus(monkeypatch):
     assert app.resolve_topology("auto") == "single"
     monkeypatch.setattr(app, "_cluster_gpus", lambda: 1.0)
     assert app.resolve_topology("auto") == "ingress"
+
+
+@pytest.mark.parametrize("topology, expected", [
+    ("single", {"ClareAPI": {"num_cpus": 1.5, "num_gpus": 1.0}}),
+    ("ingress", {"ClareAPI": {"num_cpus": 1.0}, "Regressor": {"num_cpus": 0.5, "num_gpus": 1.0}}),
+])
+def test_the_replica_that_regresses_gets_the_gpu(tiny_bundle, topology, expected):
+    """Given GPUs, the regressor's replicas hold them: ClareAPI's in topology single (it regresses
+    itself), the Regressor's otherwise; the ingress alone holds none."""
+    from ray.serve import Application
+
+    from serve.app import build_app
+
+    ingress = build_app({"bundle": str(tiny_bundle), "topology": topology, "regressor_gpus": 1})._bound_deployment
+    stages = {ingress.name: ingress} | {arg._bound_deployment.name: arg._bound_deployment
+                                        for arg in ingress.init_args if isinstance(arg, Application)}
+    assert {name: stage.ray_actor_options for name, stage in stages.items()} == expected
