@@ -372,8 +372,7 @@ def parse_args() -> argparse.Namespace:
     app.add_argument("--max-batch-size", type=int, default=16)
     app.add_argument("--batch-wait-ms", type=float, default=0.0)
     app.add_argument("--ort-threads", type=int, default=None, help="ORT threads per regressor replica (and in-process)")
-    app.add_argument("--ort-spinning", choices=("never", "alone", "always"), default="alone",
-                     help="when the regressor's ORT threads busy-wait (serve/stages.py)")
+    app.add_argument("--ort-spinning", action="store_true", help="the regressor's idle ORT threads busy-wait")
     app.add_argument("--port", type=int, default=0, help="proxy port (default: a free one)")
     app.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
@@ -392,8 +391,7 @@ def run_load(bundle: Path, bodies: list[bytes], args: argparse.Namespace) -> dic
         url, app = start_app(bundle, args)
         print(f"\n== HTTP on {url} (connect {app['startup']['connect_s']:.1f} s, deploy {app['startup']['deploy_s']:.1f} s, "
               f"ready {app['startup']['ready_s']:.1f} s; cluster {ray.cluster_resources()}) ==")
-        # In-process, one scan at a time runs as the app runs a scan that comes alone.
-        paired = paired_overhead(url, bundle, bodies, args.paired_requests, args.ort_threads, args.ort_spinning != "never")
+        paired = paired_overhead(url, bundle, bodies, args.paired_requests, args.ort_threads, args.ort_spinning)
         print_paired(paired)
         levels = []
         for concurrency in (int(c) for c in args.concurrency.split(",")):

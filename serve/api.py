@@ -13,13 +13,12 @@ once at the chain's end).
 
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -176,7 +175,6 @@ class ClareAPI:
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
         self.in_ingress = preprocessor is None
-        self.screenings = 0  # screening requests this replica holds now: 1 means a scan came alone
         if self.in_ingress:
             self.decoder = Preprocessor.func_or_class(bundle)
             self.cases = CaseLookup.func_or_class(bundle, images_root)
@@ -216,17 +214,16 @@ class ClareAPI:
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
         start = time.perf_counter()
-        with self._screening():
-            if self.in_ingress:
-                decoded = await self._here(self.decoder, body, rid)
-                if isinstance(decoded, ScanFailure):
-                    raise APIError(422, decoded.kind, decoded.reason)
-                outcome = self.cases.screen(await self._regress(decoded), rid, k)
-            else:
-                # The stages are chained: each gets the previous one's result straight from it, and the
-                # ingress waits once, for the end of the chain (a bad scan travels it as a ScanFailure).
-                regressed = self.regressor.remote(self.preprocessor.remote(body, rid), self.screenings == 1)
-                outcome = await self._shed_overload(self.lookup.screen.remote(regressed, rid, k))
+        if self.in_ingress:
+            decoded = await self._here(self.decoder, body, rid)
+            if isinstance(decoded, ScanFailure):
+                raise APIError(422, decoded.kind, decoded.reason)
+            outcome = self.cases.screen(await self._regress(decoded), rid, k)
+        else:
+            # The stages are chained: each gets the previous one's result straight from it, and the
+            # ingress waits once, for the end of the chain (a bad scan travels it as a ScanFailure).
+            regressed = self.regressor.remote(self.preprocessor.remote(body, rid))
+            outcome = await self._shed_overload(self.lookup.screen.remote(regressed, rid, k))
         if isinstance(outcome, ScanFailure):
             raise APIError(422, outcome.kind, outcome.reason)
         screening, seconds = outcome
@@ -240,14 +237,13 @@ class ClareAPI:
         self._authorize(request)
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
-        with self._screening():
-            if self.in_ingress:
-                decoded = await self._here(self.decoder, body, rid, True)
-            else:
-                decoded = await self._shed_overload(self.preprocessor.remote(body, rid, True))
-            if isinstance(decoded, ScanFailure):
-                raise APIError(422, decoded.kind, decoded.reason)
-            regressed = await self._regress(decoded)
+        if self.in_ingress:
+            decoded = await self._here(self.decoder, body, rid, True)
+        else:
+            decoded = await self._shed_overload(self.preprocessor.remote(body, rid, True))
+        if isinstance(decoded, ScanFailure):
+            raise APIError(422, decoded.kind, decoded.reason)
+        regressed = await self._regress(decoded)
         self._observe(regressed.seconds)
         if self.in_ingress:
             png = await self._here(self.cases.plot, regressed.coords, rid, k, decoded.thumbnail)
@@ -273,19 +269,9 @@ class ClareAPI:
 
     async def _regress(self, decoded: Any) -> Regressed:
         """The scan's point, from this replica's regressor or the Regressor deployment."""
-        alone = self.screenings == 1
         if self.local_regressor is not None:
-            return await self.local_regressor(decoded, alone)
-        return await self._shed_overload(self.regressor.remote(decoded, alone))
-
-    @contextlib.contextmanager
-    def _screening(self) -> Iterator[None]:
-        """Count a screening request while it is in this replica (the regressor's `alone`)."""
-        self.screenings += 1
-        try:
-            yield
-        finally:
-            self.screenings -= 1
+            return await self.local_regressor(decoded)
+        return await self._shed_overload(self.regressor.remote(decoded))
 
     async def _shed_overload(self, response: Any) -> Any:
         """The stage's answer; 503 with Retry-After when a stage's queue is full."""

@@ -30,7 +30,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve.api import ClareAPI
-from serve.stages import CaseLookup, Preprocessor, Regressor, RegressorSettings, Spinning
+from serve.stages import CaseLookup, Preprocessor, Regressor, RegressorSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a regressor batch waits to fill (0: take what has queued while the last batch ran)")
     ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads per regressor replica")
-    ort_spinning: Spinning = Field("alone", description="when a CPU regressor's ONNX Runtime threads busy-wait between operators: "
-                                   "never, always, or for a scan that came alone (default; serve/stages.py)")
+    ort_spinning: bool = Field(False, description="let idle ONNX Runtime threads busy-wait (1–3 ms less a scan at batch 1; takes the cores decoding needs under load)")
     regressor_gpus: float | None = Field(None, ge=0, description="GPUs per replica that regresses (Regressor; ClareAPI in topology single); default: 1 if the cluster has GPUs")
     replicas: int | None = Field(None, ge=1, description="fixed replica count of the stages that do the work (ingress or Preprocessor, and Regressor)")
     autoscale: bool = Field(False, description="autoscale the stages with serve/config.yaml's settings")
