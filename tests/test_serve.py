@@ -218,6 +218,8 @@ def test_a_killed_regressor_replica_is_replaced(app_url, archive_images, request
     (before,) = regressor_replicas()
     ray.kill(ray.get_actor(before, namespace="serve"), no_restart=True)
     deadline, answered = time.monotonic() + 120, None
+    while before in regressor_replicas() and time.monotonic() < deadline:  # the kill takes effect asynchronously:
+        time.sleep(0.2)  # until then the replica may still answer (in topology single, straight from HAProxy)
     while time.monotonic() < deadline:
         try:
             response = requests.post(f"{app_url}/v1/predict", data=archive_images[5].read_bytes(),
