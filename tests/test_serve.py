@@ -217,22 +217,22 @@ def test_a_killed_regressor_replica_is_replaced(app_url, archive_images, request
 
     (before,) = regressor_replicas()
     ray.kill(ray.get_actor(before, namespace="serve"), no_restart=True)
-    deadline, answered = time.monotonic() + 120, None
-    while before in regressor_replicas() and time.monotonic() < deadline:  # the kill takes effect asynchronously:
-        time.sleep(0.2)  # until then the replica may still answer (in topology single, straight from HAProxy)
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while (not (replicas := regressor_replicas()) or before in replicas) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(replicas) == 1 and before not in replicas, f"the killed replica was not replaced within 2 minutes: {replicas}"
+    answered = None
+    while answered is None and time.monotonic() < deadline:
         try:
             response = requests.post(f"{app_url}/v1/predict", data=archive_images[5].read_bytes(),
                                      headers=AUTH | {"Content-Type": "image/png"}, timeout=60)
-        except requests.ConnectionError:  # the proxy closes the connection while no ingress replica is up
-            response = None
-        if response is not None and response.status_code == 200:
-            answered = response.json()
-            break
-        time.sleep(1)
+            answered = response.json() if response.status_code == 200 else None
+        except requests.ConnectionError:  # HAProxy closes connections while no ingress replica is up yet
+            pass
+        if answered is None:
+            time.sleep(1)
     assert answered is not None, "no answer within 2 minutes of killing the regressor replica"
-    after = regressor_replicas()
-    assert len(after) == 1 and before not in after
+    assert answered["model_version"] and regressor_replicas() == replicas
     assert requests.get(f"{app_url}/readyz", timeout=30).status_code == 200
 
 
