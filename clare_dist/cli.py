@@ -130,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}")
 
     run = out / "run"
-    init_run(run, out / "prepared" / LABELS_FILE, out / "references")
+    init_run(run, labels, out / "references")
     _connect_ray(args.address, args.num_cpus)
     from jobs.embed import EmbedSettings, build_case_index, run_embed
     from jobs.train_cv import run_cross_validation

@@ -105,16 +105,15 @@ def build_app(args: dict[str, Any]) -> Application:
     if settings.autoscale:
         scaling = config_autoscaling()
         stages = {name: d.options(autoscaling_config=scaling[name]) if name in scaling else d for name, d in stages.items()}
+    # In topology single the ingress builds its regressor from the settings; else it calls the deployment.
     regressor = settings.regressor_settings()
-    if topology == "single":
+    if topology != "single":
+        regressor = stages["Regressor"].bind(settings.bundle, regressor)
+    if topology != "chain":
         return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
                                        decode_threads=settings.decode_threads)
-    remote_regressor = stages["Regressor"].bind(settings.bundle, regressor)
-    if topology == "ingress":
-        return stages["ClareAPI"].bind(remote_regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
-                                       decode_threads=settings.decode_threads)
     return stages["ClareAPI"].bind(
-        remote_regressor, settings.bundle, settings.max_body_mb,
+        regressor, settings.bundle, settings.max_body_mb,
         preprocessor=stages["Preprocessor"].bind(settings.bundle),
         lookup=stages["CaseLookup"].bind(settings.bundle, settings.images_root),
     )
