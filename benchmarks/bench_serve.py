@@ -7,7 +7,9 @@ weights) with a case index, and the same 1024×1024 PNG scans (common.py says ho
 
 - In-process baseline: `Screener.screen([png bytes])` per request (decode + ORT at batch 1 +
   rules + lookup), p50/p99 after a warm-up, and the mean of each stage timed apart; batched ORT
-  alone on `--max-batch-size` decoded scans (img/s), the saturation target's denominator.
+  alone on `--max-batch-size` decoded scans (img/s), the saturation target's denominator: the
+  better of one session with a thread per core and one single-thread session per core, whatever
+  the app's own ORT settings.
 - The app: `serve.app.run` on a local Ray (`jobs.cluster.connect`), proxy on loopback, no API
   token; ready when GET /readyz answers 200.
 - C = 1, paired: blocks of 10 scans screened in-process (with the regressor's ORT settings)
@@ -23,6 +25,7 @@ weights) with a case index, and the same 1024×1024 PNG scans (common.py says ho
     python benchmarks/bench_serve.py                       # C = 1, 8, 32; writes results/serve.json
     python benchmarks/bench_serve.py --baseline-only       # no Ray: the in-process figures
     python benchmarks/bench_serve.py --replicas 2 --ort-threads 1 --out benchmarks/results/serve-2x1.json
+    python benchmarks/bench_serve.py --scan-size 256       # scans at the model's size: decoding ~free
 
 Do not run it beside other heavy work: on a 2-core machine any other process moves the figures.
 """
@@ -44,9 +47,12 @@ from pathlib import Path
 import numpy as np
 from common import (
     DEFAULT_WORK,
+    FULL_SIZE,
+    CpuSampler,
     archive_of,
     machine,
     ort_batched_throughput,
+    ort_per_core_throughput,
     resnet50_bundle,
     scan_files,
     summary_ms,
@@ -88,7 +94,7 @@ def in_process(bundle_path: Path, bodies: list[bytes], requests: int, batch_size
         for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2)):
             stages[stage].append(seconds)
 
-    batched = batched_ort(screener.session, bundle.image_size, bodies, batch_size)
+    batched = batched_ort(bundle.onnx_path, bundle.image_size, bodies, batch_size)
     decode_ms = float(np.mean(stages["decode"]) * 1e3)
     return {
         "requests": requests, "ort_threads": threads, "latency": summary_ms(latencies),
@@ -99,19 +105,28 @@ def in_process(bundle_path: Path, bodies: list[bytes], requests: int, batch_size
     }
 
 
-def batched_ort(session, image_size: int, bodies: list[bytes], batch_size: int) -> dict:
-    """ONNX Runtime alone on batches of decoded scans: the saturation target's denominator."""
+def batched_ort(onnx_path: Path, image_size: int, bodies: list[bytes], batch_size: int) -> dict:
+    """ONNX Runtime alone on batches of decoded scans, the best the machine does: the saturation
+    target's denominator, whatever the regressor's own settings. Both ways of filling the cores are
+    measured, one session with a thread per core and one single-thread session per core; `img_s`
+    is the better."""
+    from clare_dist.export import open_session
     from clare_dist.screening import decode
 
     scans = np.stack([decode(bodies[i % len(bodies)], image_size) for i in range(batch_size)])
-    return ort_batched_throughput(session, scans, batch_size, repeats=4)
+    one = ort_batched_throughput(open_session(onnx_path, threads=os.cpu_count()), scans, batch_size, repeats=4)
+    per_core = ort_per_core_throughput(onnx_path, scans, batch_size, repeats=2)
+    best = max(("one_session", one), ("per_core_sessions", per_core), key=lambda named: named[1]["img_s"])
+    return {"img_s": best[1]["img_s"], "ms_per_image": best[1]["ms_per_image"], "batch_size": batch_size,
+            "best": best[0], "one_session": one, "per_core_sessions": per_core}
 
 
 def print_in_process(base: dict) -> None:
     lat, st, ort = base["latency"], base["stage_mean_ms"], base["ort_batched"]
     print(f"in-process, one scan a call: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, mean {lat['mean_ms']:.1f} ms "
           f"(decode {st['decode']:.1f} + regress {st['regress']:.1f} + lookup {st['lookup']:.2f} ms)")
-    print(f"batched ORT, batches of {ort['batch_size']}: {ort['img_s']:.1f} img/s ({ort['cores_busy']:.1f} cores busy); "
+    print(f"batched ORT, batches of {ort['batch_size']}: {ort['img_s']:.1f} img/s, the better of one session on every core "
+          f"({ort['one_session']['img_s']:.1f}) and a single-thread session per core ({ort['per_core_sessions']['img_s']:.1f}); "
           f"decode + batched ORT in one process: {base['decode_plus_batched_ort_img_s']:.1f} img/s")
 
 
@@ -245,10 +260,13 @@ async def load_level(url: str, bodies: list[bytes], concurrency: int, duration: 
                     records.append((time.perf_counter() - start, status, timing))
 
         await asyncio.gather(*(worker(time.perf_counter() + warmup, False) for _ in range(concurrency)))
+        sampler = CpuSampler()
+        sampler.start_counting()
         wall, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(wall + duration, True) for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return level_summary(records, concurrency, wall, cpu)
+        sampled = sampler.stop(os.cpu_count() or 1)
+    return level_summary(records, concurrency, wall, cpu) | {"cpu": sampled}
 
 
 def level_summary(records: list[tuple[float, object, str | None]], concurrency: int, wall: float, cpu: float) -> dict:
@@ -294,6 +312,18 @@ def print_levels(levels: list[dict]) -> None:
               f"{level['client_cpu_share']:.0%}")
     print("(stage columns: Server-Timing means in ms, each measured inside its stage (the regressor's includes its "
           "batch queue); outside: mean latency minus them = proxy, ingress, the hops between stages, HTTP, client)")
+    print("CPU per answered request, ms of core time by process (Ray's process titles; driver = this load generator):")
+    for level in levels:
+        if level["ok"]:
+            spent = cpu_ms_per_request(level)
+            top = ", ".join(f"{group} {ms:.1f}" for group, ms in list(spent.items())[:6])
+            print(f"  C={level['concurrency']}: {sum(spent.values()):.1f} in all ({level['cpu']['utilisation']:.0%} of the "
+                  f"machine busy): {top}")
+
+
+def cpu_ms_per_request(level: dict) -> dict[str, float]:
+    """The level's CPU seconds by process group, as ms of core time per answered request."""
+    return {group: seconds / level["ok"] * 1e3 for group, seconds in level["cpu"]["cpu_s_by_group"].items()}
 
 
 # --- the verdict ------------------------------------------------------------------------------
@@ -318,6 +348,12 @@ def verdict(base: dict, http: dict, batch_wait_ms: float) -> dict:
         top = max(loaded, key=lambda lvl: lvl["concurrency"])
         best = max(loaded, key=lambda lvl: lvl["req_s"])
         ort = (base["ort_batched"]["img_s"] + http["ort_batched_after"]["img_s"]) / 2
+        # Where the cores went at saturation: the CPU each answer took, against what batched ORT
+        # alone takes per image (the rest is decoding and the serving path).
+        spent = sum(cpu_ms_per_request(top).values())
+        ort_cpu = float(np.mean([m[m["best"]]["cpu_ms_per_image"] for m in (base["ort_batched"], http["ort_batched_after"])]))
+        result |= {"cpu_ms_per_request": spent, "batched_ort_cpu_ms_per_image": ort_cpu,
+                   "cpu_ms_beyond_batched_ort": spent - ort_cpu, "machine_busy": top["cpu"]["utilisation"]}
         result |= {
             "ort_batched_img_s": ort,
             "saturated_concurrency": top["concurrency"], "saturated_req_s": top["req_s"], "best_req_s": best["req_s"],
@@ -344,6 +380,10 @@ def print_verdict(v: dict, base: dict) -> None:
               f"batched ORT's {v['ort_batched_img_s']:.1f} img/s (mean of before and after; target >= 0.8x); "
               f"{v['saturation_vs_decode_plus_ort']:.2f}x decode + batched ORT in one process "
               f"({base['decode_plus_batched_ort_img_s']:.1f} img/s: the chain must decode on the same cores)")
+        print(f"at saturation each answer took {v['cpu_ms_per_request']:.1f} ms of core time ({v['machine_busy']:.0%} of the "
+              f"machine busy); batched ORT alone takes {v['batched_ort_cpu_ms_per_image']:.1f} ms an image, so "
+              f"{v['cpu_ms_beyond_batched_ort']:.1f} ms went to decoding ({base['stage_mean_ms']['decode']:.1f} ms in-process), "
+              f"the serving path, Ray and ORT running below its batched efficiency")
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -355,6 +395,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--index-cases", type=int, default=100_000, help="known cases in the bundle's index (0: none)")
     parser.add_argument("--files", type=int, default=20, help="distinct 1024x1024 PNGs the requests cycle through")
+    parser.add_argument("--scan-size", type=int, default=FULL_SIZE,
+                        help="side of the PNGs posted: 1024 (real CXR14 size) or smaller copies, made with LANCZOS and "
+                             "kept under --work (at the model's size, decoding costs ~1 ms: what is left is the serving path)")
     parser.add_argument("--baseline-requests", type=int, default=50)
     parser.add_argument("--baseline-only", action="store_true", help="in-process figures only; no Ray")
     parser.add_argument("--paired-requests", type=int, default=72, help="scans a side of the paired C=1 measurement")
@@ -385,7 +428,6 @@ def run_load(bundle: Path, bodies: list[bytes], args: argparse.Namespace) -> dic
     from ray import serve
 
     from clare_dist.bundle import load_bundle
-    from clare_dist.export import open_session
 
     try:
         url, app = start_app(bundle, args)
@@ -401,14 +443,31 @@ def run_load(bundle: Path, bodies: list[bytes], args: argparse.Namespace) -> dic
         print_levels(levels)
         # Measured again now: the denominator of the saturation fraction is the mean of before and after.
         loaded = load_bundle(bundle)
-        ort_after = batched_ort(open_session(loaded.onnx_path, threads=args.ort_threads), loaded.image_size, bodies,
-                                args.max_batch_size)
+        ort_after = batched_ort(loaded.onnx_path, loaded.image_size, bodies, args.max_batch_size)
         print(f"batched ORT after the load levels: {ort_after['img_s']:.1f} img/s")
         return app | {"cluster": ray.cluster_resources(), "paired_c1": paired, "levels": levels, "ort_batched_after": ort_after}
     finally:
         if ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
+
+
+def resized_copies(files: list[Path], size: int, out_dir: Path) -> list[Path]:
+    """8-bit grayscale PNG copies of `files` at size×size (LANCZOS), made once and reused."""
+    from PIL import Image
+
+    from clare_dist.scans import read_scan, resize_gray
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for file in files:
+        copy = out_dir / file.name
+        if not copy.exists():  # written under another name first: an interrupted run leaves no half file
+            partial = copy.with_suffix(".partial")
+            Image.fromarray(resize_gray(read_scan(file), size)).save(partial, format="PNG")
+            partial.replace(copy)
+        copies.append(copy)
+    return copies
 
 
 def main() -> None:
@@ -419,17 +478,19 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = resnet50_bundle(args.work, args.image_size, args.index_cases)
     files = scan_files(archive_of(args.files, args.work / f"archive-{args.files}", args.work / "pool-1024"))
+    if args.scan_size != FULL_SIZE:
+        files = resized_copies(files, args.scan_size, args.work / f"archive-{args.files}-{args.scan_size}")
     bodies = [f.read_bytes() for f in files]
     document: dict = {
         "benchmark": "serving chain: POST /v1/predict over loopback HTTP vs the same work in-process",
         "targets": "overhead <= 10 ms at concurrency 1; saturated req/s >= 0.8x batched ORT img/s (DESIGN.md 3)",
         "machine": machine(), "bundle": str(bundle), "image_size": args.image_size, "index_cases": args.index_cases,
-        "scans": {"files": len(bodies), "size": "1024x1024 PNG", "mean_kib": float(np.mean([len(b) for b in bodies]) / 1024)},
+        "scans": {"files": len(bodies), "size": f"{args.scan_size}x{args.scan_size} PNG", "mean_kib": float(np.mean([len(b) for b in bodies]) / 1024)},
         "load": {"concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup},
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
 
-    print(f"== in-process: ResNet50 @{args.image_size}, {len(bodies)} scans of 1024x1024, "
+    print(f"== in-process: ResNet50 @{args.image_size}, {len(bodies)} scans of {args.scan_size}x{args.scan_size}, "
           f"{args.index_cases:,} indexed cases ==")
     base = in_process(bundle, bodies, args.baseline_requests, args.max_batch_size, args.ort_threads)
     document["in_process"] = base

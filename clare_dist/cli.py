@@ -326,7 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _connect_ray(args.address, args.num_cpus)
 
     app_args = {"bundle": str(bundle.path.resolve()), "topology": args.topology,
-                "decode_threads": args.decode_threads, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
+                "decode_threads": args.decode_threads, "ort_threads": args.ort_threads, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
     print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs), "
           f"topology {resolve_topology(args.topology)}; Ctrl-C stops")
@@ -441,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "Ray has a GPU, else single")
     p.add_argument("--decode-threads", type=int, default=None,
                    help="scans each ingress replica decodes at once (default: its CPUs); more on a GPU box")
+    p.add_argument("--ort-threads", type=int, default=None,
+                   help="ONNX Runtime threads per replica that regresses (default: the node's cores); 1 with "
+                        "--replicas N (one per core) gives more answers a second under load, slower lone scans "
+                        "(benchmarks/README.md)")
     scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decoding and regressor stages (serve.app.WORKING_STAGES)")
     scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")

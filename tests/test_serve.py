@@ -253,6 +253,22 @@ def test_regressor_spins_only_when_asked(tiny_bundle, spinning):
     assert setting == (None if spinning else "0")
 
 
+def test_serve_command_builds_the_app_from_its_options(tiny_bundle, monkeypatch):
+    """`clare-dist serve` hands its options to the application builder's args (AppArgs) unchanged."""
+    from clare_dist import cli
+    from serve import app
+
+    given = {}
+    monkeypatch.setattr(cli, "_connect_ray", lambda address, num_cpus: None)
+    monkeypatch.setattr(app, "run", lambda args, host, port, blocking: given.update(args, host=host, port=port))
+    argv = ["serve", "--bundle", str(tiny_bundle), "--port", "8123", "--replicas", "2", "--ort-threads", "1",
+            "--decode-threads", "1", "--topology", "single"]
+    assert cli.main(argv) == 0
+    settings = app.AppArgs.model_validate({k: v for k, v in given.items() if k not in ("host", "port")})
+    assert (settings.replicas, settings.ort_threads, settings.decode_threads, settings.topology) == (2, 1, 1, "single")
+    assert given["port"] == 8123 and settings.bundle == str(tiny_bundle.resolve())
+
+
 def test_auto_topology_follows_the_gpus(monkeypatch):
     """`auto` keeps the regressor in the ingress replicas where no GPU is (a deployment of its
     own would share their cores and add a hop) and gives it its own deployment where one is."""
