@@ -256,15 +256,10 @@ def ort_batched_throughput(session, scans: np.ndarray, batch_size: int, repeats:
             "cpu_ms_per_image": cpu / n * 1e3, "cores_busy": cpu / wall}
 
 
-# --- reporting --------------------------------------------------------------------------------
-
-
 def ort_per_core_throughput(onnx_path: str | os.PathLike, scans: np.ndarray, batch_size: int, repeats: int = 4) -> dict[str, float]:
     """ONNX Runtime on every core at once as one single-thread session per core, each running
     batches of `batch_size` in its own thread (ORT frees the GIL): img/s. The other way to fill
     the machine, which on a few cores can beat one session's intra-op threads."""
-    import threading
-
     from clare_dist.export import open_session, run_regressor
 
     cores = os.cpu_count() or 1
@@ -344,6 +339,9 @@ def _group(proc) -> str:
         scripts = [Path(arg).name for arg in proc.cmdline()[1:] if arg.endswith(".py")]
         return f"python {scripts[0]}" if scripts else "python (other)"
     return proc.name()
+
+
+# --- reporting --------------------------------------------------------------------------------
 
 
 def machine() -> dict:
