@@ -5,10 +5,10 @@ the body size limit, the content type — and turns every outcome into a JSON an
 carries the request id and the model version.
 
 Where the stages run is the application's topology (serve/app.py): in the ingress replicas
-themselves (decoding in a pool of worker threads sized to the replica's CPUs, the rules and the
-lookup inline, and with topology 'single' the batching regressor too, so a request crosses no
-hop); or as deployments of their own (the regressor: one hop; all: chained, so the ingress awaits
-once at the chain's end).
+themselves (the rules and the lookup inline; with topology 'single' a scan worker per CPU decodes
+and regresses the scans that queue together, so a request crosses no hop; with topology 'ingress'
+a pool of threads sized to the replica's CPUs decodes and the regressor is a deployment, one
+hop); or all as deployments of their own (chained, so the ingress awaits once at the chain's end).
 """
 
 
@@ -32,8 +32,10 @@ from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 
 from clare_dist.bundle import INTENDED_USE, load_bundle
+from clare_dist.scan_workers import ScanWorkers
+from clare_dist.scans import ScanError
 from clare_dist.screening import DEFAULT_K, ScanFailure
-from serve.stages import CaseLookup, Preprocessor, Regressed, Regressor, RegressorSettings
+from serve.stages import CaseLookup, DecodedScan, Preprocessor, Regressed, RegressorSettings
 
 log = logging.getLogger("ray.serve")
 
@@ -153,7 +155,7 @@ def _server_timing(timings: dict[str, float]) -> dict[str, str]:
 
 
 def _replica_cpus() -> int:
-    """Whole CPUs Ray gave this replica (at least one): how many scans it decodes at a time."""
+    """Whole CPUs Ray gave this replica (at least one): how many scans it works on at a time."""
     return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
@@ -168,10 +170,14 @@ class ClareAPI:
                  preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
                  images_root: str | None = None, decode_threads: int | None = None) -> None:
         self.preprocessor, self.lookup = preprocessor, lookup
+        loaded = load_bundle(bundle)
+        self.model_version = loaded.model_version
         local = isinstance(regressor, RegressorSettings)
         self.regressor = None if local else regressor
-        self.local_regressor = Regressor.func_or_class(bundle, regressor) if local else None
-        self.model_version = load_bundle(bundle).model_version
+        self.workers = None
+        if local:
+            self.workers = ScanWorkers(loaded.onnx_path, loaded.image_size, decode_threads or _replica_cpus(),
+                                       max_batch=regressor.max_batch_size, wide_threads=regressor.threads, spinning=regressor.spinning)
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
         self.in_ingress = preprocessor is None
@@ -195,15 +201,15 @@ class ClareAPI:
 
     @api.get("/readyz", summary="Ready: the bundle is loaded and every stage answers with the same model")
     async def readyz(self, request: Request) -> JSONResponse:
-        stages = {"Regressor": self.regressor} if self.local_regressor is None else {}
+        stages = {"Regressor": self.regressor} if self.workers is None else {}
         if not self.in_ingress:
             stages |= {"Preprocessor": self.preprocessor, "CaseLookup": self.lookup}
         answers = await asyncio.gather(*(self._stage_version(h) for h in stages.values()))
         status = {name: version for name, version in zip(stages, answers)}
         if self.in_ingress:
             status |= {"Preprocessor": self.decoder.ready(), "CaseLookup": self.cases.ready()}
-        if self.local_regressor is not None:
-            status["Regressor"] = self.local_regressor.ready()
+        if self.workers is not None:
+            status["Regressor"] = self.model_version if all(t.is_alive() for t in self.workers.threads) else None
         ready = all(version == self.model_version for version in status.values())
         return JSONResponse({"ready": ready, "model_version": self.model_version, "stages": status},
                             status_code=200 if ready else 503)
@@ -214,7 +220,9 @@ class ClareAPI:
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
         start = time.perf_counter()
-        if self.in_ingress:
+        if self.workers is not None:
+            outcome = self.cases.screen(await self._screen_here(body), rid, k)
+        elif self.in_ingress:
             decoded = await self._here(self.decoder, body, rid)
             if isinstance(decoded, ScanFailure):
                 raise APIError(422, decoded.kind, decoded.reason)
@@ -267,10 +275,19 @@ class ClareAPI:
         """CPU work of this replica, in its worker threads, so the event loop keeps serving."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
 
-    async def _regress(self, decoded: Any) -> Regressed:
-        """The scan's point, from this replica's regressor or the Regressor deployment."""
-        if self.local_regressor is not None:
-            return await self.local_regressor(decoded)
+    async def _screen_here(self, body: bytes) -> Regressed:
+        """The scan's point from this replica's scan workers, which decode it too; 422 for a bad scan."""
+        try:
+            done = await asyncio.wrap_future(self.workers.submit(body))
+        except ScanError as err:
+            raise APIError(422, err.kind, err.message) from None
+        return Regressed(done.coords, done.seconds)
+
+    async def _regress(self, decoded: DecodedScan) -> Regressed:
+        """The point of a decoded scan, from this replica's scan workers or the Regressor deployment."""
+        if self.workers is not None:
+            done = await asyncio.wrap_future(self.workers.submit(decoded.scan))
+            return Regressed(done.coords, decoded.seconds | {"regress": done.seconds["regress"]})
         return await self._shed_overload(self.regressor.remote(decoded))
 
     async def _shed_overload(self, response: Any) -> Any:

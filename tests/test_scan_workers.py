@@ -1,0 +1,144 @@
+"""Scan workers: each scan gets the point the in-process path gives it, scans queued together are
+regressed as one batch on a single-thread session, a lone scan on every core, and a bad scan
+fails alone."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clare_dist.bundle import load_bundle
+from clare_dist.export import open_session, run_regressor
+from clare_dist.scan_workers import ScanWorkers
+from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
+
+SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr14-sample" / "images"
+
+
+@pytest.fixture(scope="module")
+def scans() -> list[bytes]:
+    files = sorted(SAMPLE_IMAGES.glob("*.png"))[:6]
+    if len(files) < 6:
+        pytest.skip(f"needs the CXR14 sample scans in {SAMPLE_IMAGES}, which are absent on this checkout")
+    return [f.read_bytes() for f in files]
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_bundle: Path, scans: list[bytes]) -> np.ndarray:
+    """The scans' points, decoded and regressed in-process as `clare-dist predict` does."""
+    bundle = load_bundle(tiny_bundle)
+    decoded = np.stack([preprocess_scan(s, ScanConfig(size=bundle.image_size)) for s in scans])
+    return run_regressor(open_session(bundle.onnx_path, threads=1), decoded, batch_size=1)
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Path:
+    """A scan path (a FIFO) that holds the worker reading it until the test writes the scan into it."""
+    path = tmp_path / "gate.png"
+    os.mkfifo(path)
+    return path
+
+
+@contextmanager
+def worker_at(gate: Path):
+    """Entered once a worker has taken its batch and opened the gate; writes the scan given to the
+    function it yields, and lets the worker go on leaving."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until a reader has it open
+            break
+        except OSError as err:
+            if err.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    os.set_blocking(fd, True)
+    try:
+        yield lambda scan: os.write(fd, scan)
+    finally:
+        os.close(fd)
+
+
+def workers(bundle_path: Path, count: int, **options) -> ScanWorkers:
+    bundle = load_bundle(bundle_path)
+    return ScanWorkers(bundle.onnx_path, bundle.image_size, count, wide_threads=2, **options)
+
+
+def test_scans_queued_together_are_one_batch_on_a_single_thread_and_get_their_own_points(tiny_bundle, scans, expected, gate):
+    pool = workers(tiny_bundle, 1)
+    try:
+        first = pool.submit(gate)
+        with worker_at(gate) as write:
+            queued = [pool.submit(s) for s in scans[1:]]
+            write(scans[0])
+        results = [first.result(timeout=60)] + [f.result(timeout=60) for f in queued]
+    finally:
+        pool.close()
+    np.testing.assert_allclose([r.coords for r in results], expected, atol=1e-5)
+    # The first was taken alone, but with scans queued behind it: one thread, like the batch after it.
+    assert [(r.batch_size, r.threads) for r in results] == [(1, 1)] + [(5, 1)] * 5
+    assert all(r.seconds["decode"] > 0 and r.seconds["regress"] > 0 for r in results)
+
+
+def test_max_batch_caps_what_a_worker_takes(tiny_bundle, scans, expected, gate):
+    pool = workers(tiny_bundle, 1, max_batch=2)
+    try:
+        first = pool.submit(gate)
+        with worker_at(gate) as write:
+            queued = [pool.submit(s) for s in scans[1:]]
+            write(scans[0])
+        results = [f.result(timeout=60) for f in [first, *queued]]
+    finally:
+        pool.close()
+    assert [r.batch_size for r in results] == [1, 2, 2, 2, 2, 1]
+    np.testing.assert_allclose([r.coords for r in results], expected, atol=1e-5)
+
+
+def test_a_lone_scan_uses_a_thread_per_core_only_while_the_other_workers_are_idle(tiny_bundle, scans, expected, gate):
+    pool = workers(tiny_bundle, 2)
+    try:
+        blocked = pool.submit(gate)
+        with worker_at(gate) as write:
+            beside = pool.submit(scans[1]).result(timeout=60)
+            write(scans[0])
+        blocked.result(timeout=60)
+        alone = pool.submit(scans[2]).result(timeout=60)
+    finally:
+        pool.close()
+    assert (beside.batch_size, beside.threads) == (1, 1)
+    assert (alone.batch_size, alone.threads) == (1, 2)
+    np.testing.assert_allclose([beside.coords, alone.coords], expected[1:3], atol=1e-5)
+
+
+def test_a_bad_scan_fails_alone_with_its_reason(tiny_bundle, scans, expected, gate):
+    pool = workers(tiny_bundle, 1)
+    try:
+        first = pool.submit(gate)
+        with worker_at(gate) as write:
+            good, bad, decoded = pool.submit(scans[1]), pool.submit(scans[2][:200]), pool.submit(np.zeros((48, 48), np.uint8))
+            write(scans[0])
+        first.result(timeout=60)
+        with pytest.raises(ScanError) as err:
+            bad.result(timeout=60)
+        result = good.result(timeout=60)
+        assert decoded.result(timeout=60).batch_size == 2
+    finally:
+        pool.close()
+    assert err.value.kind == "truncated"
+    np.testing.assert_allclose(result.coords, expected[1], atol=1e-5)
+
+
+def test_a_decoded_scan_of_the_wrong_size_and_a_closed_pool_are_refused(tiny_bundle, scans):
+    pool = workers(tiny_bundle, 1)
+    with pytest.raises(ValueError, match="48×48 uint8"):
+        pool.submit(np.zeros((64, 64), np.uint8))
+    pool.close()
+    assert not any(t.is_alive() for t in pool.threads)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(scans[0])
