@@ -440,11 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one hop); chain: every stage a deployment (three hops); auto (default): ingress where "
                         "Ray has a GPU, else single")
     p.add_argument("--decode-threads", type=int, default=None,
-                   help="scans each ingress replica decodes at once (default: its CPUs); more on a GPU box")
+                   help="scans each ingress replica decodes at once: its scan workers in topology single, its "
+                        "decoding threads in ingress (default: its CPUs); more on a GPU box")
     p.add_argument("--ort-threads", type=int, default=None,
-                   help="ONNX Runtime threads per replica that regresses (default: the node's cores); 1 with "
-                        "--replicas N (one per core) gives more answers a second under load, slower lone scans "
-                        "(benchmarks/README.md)")
+                   help="ONNX Runtime threads of a Regressor replica, or in topology single those a lone scan "
+                        "runs on (default: the node's cores); 1 there saves the second session's memory "
+                        "(~170 MB for ResNet50) at about twice a lone scan's regression time")
     scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decoding and regressor stages (serve.app.WORKING_STAGES)")
     scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")

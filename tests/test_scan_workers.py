@@ -142,3 +142,22 @@ def test_a_decoded_scan_of_the_wrong_size_and_a_closed_pool_are_refused(tiny_bun
     assert not any(t.is_alive() for t in pool.threads)
     with pytest.raises(RuntimeError, match="closed"):
         pool.submit(scans[0])
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_the_lone_scan_session_has_a_thread_per_core_spinning_only_when_asked(tiny_bundle, spinning):
+    """Its threads busy-wait only when asked (they would take the cores the other workers decode
+    on); one thread asked for means no second session at all (the model's memory once)."""
+    pool = workers(tiny_bundle, 1, spinning=spinning)
+    options = pool.wide.get_session_options()
+    pool.close()
+    assert (options.intra_op_num_threads, pool.narrow.get_session_options().intra_op_num_threads) == (2, 1)
+    try:
+        setting = options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: ONNX Runtime's default, which spins
+        setting = None
+    assert setting == (None if spinning else "0")
+    bundle = load_bundle(tiny_bundle)
+    single = ScanWorkers(bundle.onnx_path, bundle.image_size, 1, wide_threads=1)
+    single.close()
+    assert single.wide is None
