@@ -71,17 +71,19 @@ class ScanWorkers:
         """A future of the scan's Regression; it raises ScanError for a scan that cannot be decoded."""
         if isinstance(scan, np.ndarray) and (scan.shape != (self.image_size,) * 2 or scan.dtype != np.uint8):
             raise ValueError(f"decoded scans must be {self.image_size}×{self.image_size} uint8; got {scan.dtype} {scan.shape}")
-        if self.closed:
-            raise RuntimeError("these scan workers are closed; the server is shutting down")
         future: Future = Future()
-        self.jobs.put((scan, future))
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("these scan workers are closed; the server is shutting down")
+            self.jobs.put((scan, future))
         return future
 
     def close(self) -> None:
         """Finish the scans already submitted, then stop the workers."""
-        self.closed = True
-        for _ in self.threads:
-            self.jobs.put(None)
+        with self.lock:
+            self.closed = True
+            for _ in self.threads:
+                self.jobs.put(None)
         for thread in self.threads:
             thread.join()
 
@@ -89,8 +91,8 @@ class ScanWorkers:
         while (jobs := self._take()) is not None:
             try:
                 outcomes = self._screen(jobs)
-            except Exception as err:  # a failure of the batch as a whole goes to each of its callers
-                log.exception("a batch of %d scans failed", len(jobs))
+            except Exception as err:  # a bug, not a scan's fault: its callers get it rather than wait forever
+                log.exception("a scan worker failed on a batch of %d scans", len(jobs))
                 outcomes = [(future, err) for _, future in jobs if future.running()]
             finally:
                 with self.lock:
@@ -140,7 +142,11 @@ class ScanWorkers:
             return outcomes
         session, threads = self._session_for(len(scans))
         start = time.perf_counter()
-        coords = run_regressor(session, np.stack(scans), batch_size=len(scans))
+        try:
+            coords = run_regressor(session, np.stack(scans), batch_size=len(scans))
+        except Exception as err:  # ONNX Runtime raises its own pybind types; each caller of the batch gets it
+            log.exception("ONNX Runtime failed on a batch of %d scans", len(scans))
+            return outcomes + [(future, err) for future in futures]
         regress_s = time.perf_counter() - start
         return outcomes + [(future, Regression(point, len(scans), threads, {"decode": decoded, "regress": regress_s}))
                            for future, point, decoded in zip(futures, coords, decode_s)]

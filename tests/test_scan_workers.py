@@ -134,6 +134,35 @@ def test_a_bad_scan_fails_alone_with_its_reason(tiny_bundle, scans, expected, ga
     np.testing.assert_allclose(result.coords, expected[1], atol=1e-5)
 
 
+def test_a_failed_regression_reaches_each_scan_of_its_batch_and_the_workers_go_on(tiny_bundle, scans, expected, gate, monkeypatch):
+    from clare_dist import scan_workers
+
+    batches = []
+
+    def second_batch_fails(session, batch, batch_size):
+        batches.append(len(batch))
+        if len(batches) == 2:
+            raise RuntimeError("ONNX Runtime failed")
+        return run_regressor(session, batch, batch_size=batch_size)
+
+    monkeypatch.setattr(scan_workers, "run_regressor", second_batch_fails)
+    pool = workers(tiny_bundle, 1)
+    try:
+        first = pool.submit(gate)
+        with worker_at(gate) as write:
+            failing = [pool.submit(s) for s in scans[1:4]]
+            write(scans[0])
+        first.result(timeout=60)
+        for future in failing:
+            with pytest.raises(RuntimeError, match="ONNX Runtime failed"):
+                future.result(timeout=60)
+        after = pool.submit(scans[4]).result(timeout=60)
+    finally:
+        pool.close()
+    assert batches == [1, 3, 1]
+    np.testing.assert_allclose(after.coords, expected[4], atol=1e-5)
+
+
 def test_a_decoded_scan_of_the_wrong_size_and_a_closed_pool_are_refused(tiny_bundle, scans):
     pool = workers(tiny_bundle, 1)
     with pytest.raises(ValueError, match="48×48 uint8"):
