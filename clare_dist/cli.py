@@ -440,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one hop); chain: every stage a deployment (three hops); auto (default): ingress where "
                         "Ray has a GPU, else single")
     p.add_argument("--decode-threads", type=int, default=None,
-                   help="scans each ingress replica decodes at once: its scan workers in topology single, its "
-                        "decoding threads in ingress (default: its CPUs); more on a GPU box")
+                   help="scans each ingress replica decodes at once: its scan workers in topology single (default: "
+                        "the node's CPUs; with --replicas N on one machine, its CPUs / N), its decoding threads in "
+                        "ingress (default: the replica's CPUs; more on a GPU box)")
     p.add_argument("--ort-threads", type=int, default=None,
                    help="ONNX Runtime threads of a Regressor replica, or in topology single those a lone scan "
                         "runs on (default: the node's cores); 1 there saves the second session's memory "

@@ -155,8 +155,17 @@ def _server_timing(timings: dict[str, float]) -> dict[str, str]:
 
 
 def _replica_cpus() -> int:
-    """Whole CPUs Ray gave this replica (at least one): how many scans it works on at a time."""
+    """Whole CPUs Ray gave this replica (at least one): how many scans it decodes at a time."""
     return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+def _node_cpus() -> int:
+    """CPUs of the Ray node this replica runs on: the cores a replica that regresses on the CPU
+    works with. Ray's count, not os.cpu_count(): in a Pod, KubeRay sets it from the container's CPU
+    limit, where os.cpu_count() says the host's."""
+    here = ray.get_runtime_context().get_node_id()
+    cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["NodeID"] == here]
+    return max(1, int(cpus[0])) if cpus else os.cpu_count() or 1
 
 
 @serve.deployment(name="ClareAPI", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
@@ -176,8 +185,9 @@ class ClareAPI:
         self.regressor = None if local else regressor
         self.workers = None
         if local:
-            self.workers = ScanWorkers(loaded.onnx_path, loaded.image_size, decode_threads or _replica_cpus(),
-                                       max_batch=regressor.max_batch_size, wide_threads=regressor.threads, spinning=regressor.spinning)
+            cores = _node_cpus()
+            self.workers = ScanWorkers(loaded.onnx_path, loaded.image_size, decode_threads or cores, max_batch=regressor.max_batch_size,
+                                       wide_threads=regressor.threads or cores, spinning=regressor.spinning)
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
         self.in_ingress = preprocessor is None

@@ -68,14 +68,15 @@ class AppArgs(BaseModel):
     topology: Literal["auto", "single", "ingress", "chain"] = Field(
         "auto", description="where the stages run: all in the ingress replicas (single), all but the regressor (ingress), "
         "each in a deployment of its own (chain); auto: ingress where the cluster has a GPU, else single")
-    decode_threads: int | None = Field(None, ge=1, description="scans each ingress replica decodes at a time: its scan workers (topology single) or decoding threads (ingress); default: its CPUs")
+    decode_threads: int | None = Field(None, ge=1, description="scans each ingress replica decodes at a time: its scan workers (topology single; default: "
+                                       "its node's CPUs) or decoding threads (ingress; default: its own CPUs)")
     images_root: str | None = Field(None, description="directory that relative case image paths of the index are under")
     max_body_mb: float = Field(64, gt=0, description="largest accepted request body, in MiB (413 beyond)")
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a Regressor deployment's batch waits to fill (0: take what has queued while the last batch ran; "
                                  "scan workers always take what has queued)")
     ort_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads per regressor replica (topology single: for a lone scan on an idle "
-                                  "replica; batches run on one thread per scan worker)")
+                                  "replica, default its node's CPUs; batches run on one thread per scan worker)")
     ort_spinning: bool = Field(False, description="let idle ONNX Runtime threads busy-wait (1–3 ms less a scan at batch 1; takes the cores decoding needs under load)")
     regressor_gpus: float | None = Field(None, ge=0, description="GPUs per replica that regresses (Regressor; ClareAPI in topology single); default: 1 if the cluster has GPUs")
     replicas: int | None = Field(None, ge=1, description="fixed replica count of the stages that do the work (ingress or Preprocessor, and Regressor)")
