@@ -61,6 +61,7 @@ from common import (
 
 log = logging.getLogger("bench_serve")
 STAGES = ("decode", "regress", "lookup")  # the Server-Timing names of POST /v1/predict (also: chain, the total)
+SERVED_STAGES = ("queue", *STAGES)  # queue: waiting for a scan worker (topology single); nothing in-process
 
 
 # --- in-process baseline ----------------------------------------------------------------------
@@ -282,7 +283,7 @@ def level_summary(records: list[tuple[float, object, str | None]], concurrency: 
         "concurrency": concurrency, "seconds": wall, "requests": len(records), "ok": len(ok),
         "statuses": {str(k): v for k, v in Counter(r[1] for r in records).items()},
         "req_s": len(ok) / wall, "latency": latency, "server_timing_mean_ms": stage_means,
-        "outside_stages_mean_ms": latency.get("mean_ms", float("nan")) - sum(stage_means.get(s, 0.0) for s in STAGES),
+        "outside_stages_mean_ms": latency.get("mean_ms", float("nan")) - sum(stage_means.get(s, 0.0) for s in SERVED_STAGES),
         "client_cpu_share": cpu / wall,
     }
 
@@ -301,17 +302,19 @@ def parse_server_timing(header: str | None) -> dict[str, float]:
 
 def print_levels(levels: list[dict]) -> None:
     print(f"\n{'C':>3} {'ok':>5} {'errors':>16} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} | "
-          + " ".join(f"{s:>8}" for s in STAGES) + f" {'outside':>8} | client CPU")
+          + " ".join(f"{s:>8}" for s in SERVED_STAGES) + f" {'outside':>8} | client CPU")
     for level in levels:
         lat = level["latency"]
         errors = ",".join(f"{k}:{v}" for k, v in level["statuses"].items() if k != "200") or "-"
-        stages = " ".join(f"{level['server_timing_mean_ms'].get(s, float('nan')):8.1f}" for s in STAGES)
+        timing = level["server_timing_mean_ms"]
+        stages = " ".join(f"{timing[s]:8.1f}" if s in timing else f"{'-':>8}" for s in SERVED_STAGES)
         print(f"{level['concurrency']:3d} {level['ok']:5d} {errors:>16} {level['req_s']:7.2f} "
               f"{lat.get('p50_ms', float('nan')):8.1f} {lat.get('p99_ms', float('nan')):8.1f} "
               f"{lat.get('mean_ms', float('nan')):8.1f} | {stages} {level['outside_stages_mean_ms']:8.1f} | "
               f"{level['client_cpu_share']:.0%}")
-    print("(stage columns: Server-Timing means in ms, each measured inside its stage (the regressor's includes its "
-          "batch queue); outside: mean latency minus them = proxy, ingress, the hops between stages, HTTP, client)")
+    print("(stage columns: Server-Timing means in ms, each measured inside its stage (a Regressor deployment's includes "
+          "its batch queue; queue: waiting for a scan worker, topology single); outside: mean latency minus them = proxy, "
+          "ingress, the hops between stages, HTTP, client)")
     print("CPU per answered request, ms of core time by process (Ray's process titles; driver = this load generator):")
     for level in levels:
         if level["ok"]:
@@ -341,7 +344,8 @@ def verdict(base: dict, http: dict, batch_wait_ms: float) -> dict:
         result["overhead_mean_ms"] = single["latency"]["mean_ms"] - base["latency"]["mean_ms"]
         hops = {f"{stage}_slower_ms": single["server_timing_mean_ms"].get(stage, float("nan")) - base["stage_mean_ms"][stage]
                 for stage in STAGES}
-        result["overhead_split_ms"] = hops | {"outside_stages_ms": single["outside_stages_mean_ms"],
+        result["overhead_split_ms"] = hops | {"queue_ms": single["server_timing_mean_ms"].get("queue", 0.0),
+                                              "outside_stages_ms": single["outside_stages_mean_ms"],
                                               "of_which_batch_wait_ms": batch_wait_ms}
     loaded = [lvl for lvl in levels if lvl["ok"]]
     if loaded:
@@ -373,7 +377,7 @@ def print_verdict(v: dict, base: dict) -> None:
               f"(mean {v['overhead_mean_ms']:+.1f} ms): "
               f"decode {split['decode_slower_ms']:+.1f}, regress {split['regress_slower_ms']:+.1f} "
               f"(incl. up to {split['of_which_batch_wait_ms']:g} ms batch wait), lookup {split['lookup_slower_ms']:+.1f} "
-              f"slower than in-process; "
+              f"slower than in-process; waiting for a scan worker {split['queue_ms']:.1f} ms; "
               f"outside the stages {split['outside_stages_ms']:.1f} ms")
     if "saturation_fraction" in v:
         print(f"saturated (C={v['saturated_concurrency']}): {v['saturated_req_s']:.2f} req/s = {v['saturation_fraction']:.2f}x "

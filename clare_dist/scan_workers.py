@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,12 +36,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Regression:
     """One scan's point, how it was computed (scans in its batch, ORT threads that ran it) and the
-    seconds spent decoding it and regressing its batch."""
+    seconds it waited for a worker, spent decoding and spent regressing its batch."""
 
     coords: np.ndarray
     batch_size: int
     threads: int
     seconds: dict[str, float]
+
+
+class Job(NamedTuple):
+    scan: ScanSource | np.ndarray
+    future: Future
+    submitted: float
 
 
 class ScanWorkers:
@@ -57,7 +64,7 @@ class ScanWorkers:
         on_cpu = self.narrow.get_providers()[0] == CPU_PROVIDER
         wide_pays = on_cpu and self.wide_threads > 1
         self.wide = open_session(onnx_path, threads=self.wide_threads, spinning=spinning) if wide_pays else None
-        self.jobs: queue.SimpleQueue[tuple[ScanSource | np.ndarray, Future] | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.busy = 0
         self.closed = False
@@ -75,7 +82,7 @@ class ScanWorkers:
         with self.lock:
             if self.closed:
                 raise RuntimeError("these scan workers are closed; the server is shutting down")
-            self.jobs.put((scan, future))
+            self.jobs.put(Job(scan, future, time.perf_counter()))
         return future
 
     def close(self) -> None:
@@ -93,7 +100,7 @@ class ScanWorkers:
                 outcomes = self._screen(jobs)
             except Exception as err:  # a bug, not a scan's fault: its callers get it rather than wait forever
                 log.exception("a scan worker failed on a batch of %d scans", len(jobs))
-                outcomes = [(future, err) for _, future in jobs if future.running()]
+                outcomes = [(job.future, err) for job in jobs if job.future.running()]
             finally:
                 with self.lock:
                     self.busy -= 1
@@ -104,7 +111,7 @@ class ScanWorkers:
                 else:
                     future.set_result(outcome)
 
-    def _take(self) -> list[tuple[ScanSource | np.ndarray, Future]] | None:
+    def _take(self) -> list[Job] | None:
         """The next job and those queued behind it, up to max_batch; None when closing."""
         first = self.jobs.get()
         if first is None:
@@ -123,11 +130,11 @@ class ScanWorkers:
             self.busy += 1
         return jobs
 
-    def _screen(self, jobs: list[tuple[ScanSource | np.ndarray, Future]]) -> list[tuple[Future, Regression | Exception]]:
+    def _screen(self, jobs: list[Job]) -> list[tuple[Future, Regression | Exception]]:
         """Each job's outcome: its Regression, or the exception its scan raised (ScanError for a bad one)."""
         outcomes: list[tuple[Future, Regression | Exception]] = []
-        scans, futures, decode_s = [], [], []
-        for source, future in jobs:
+        scans, futures, seconds = [], [], []
+        for source, future, submitted in jobs:
             if not future.set_running_or_notify_cancel():  # the caller gave up waiting
                 continue
             start = time.perf_counter()
@@ -137,7 +144,8 @@ class ScanWorkers:
                 outcomes.append((future, err))
                 continue
             futures.append(future)
-            decode_s.append(time.perf_counter() - start)
+            # queue: waiting for a worker, and for the scans before it in its batch to decode
+            seconds.append({"queue": start - submitted, "decode": time.perf_counter() - start})
         if not scans:
             return outcomes
         session, threads = self._session_for(len(scans))
@@ -148,8 +156,8 @@ class ScanWorkers:
             log.exception("ONNX Runtime failed on a batch of %d scans", len(scans))
             return outcomes + [(future, err) for future in futures]
         regress_s = time.perf_counter() - start
-        return outcomes + [(future, Regression(point, len(scans), threads, {"decode": decoded, "regress": regress_s}))
-                           for future, point, decoded in zip(futures, coords, decode_s)]
+        return outcomes + [(future, Regression(point, len(scans), threads, own | {"regress": regress_s}))
+                           for future, point, own in zip(futures, coords, seconds)]
 
     def _session_for(self, batch: int):
         """(session, its intra-op threads): every core for a lone scan while no other worker is busy."""

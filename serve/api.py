@@ -297,7 +297,7 @@ class ClareAPI:
         """The point of a decoded scan, from this replica's scan workers or the Regressor deployment."""
         if self.workers is not None:
             done = await asyncio.wrap_future(self.workers.submit(decoded.scan))
-            return Regressed(done.coords, decoded.seconds | {"regress": done.seconds["regress"]})
+            return Regressed(done.coords, decoded.seconds | {"queue": done.seconds["queue"], "regress": done.seconds["regress"]})
         return await self._shed_overload(self.regressor.remote(decoded))
 
     async def _shed_overload(self, response: Any) -> Any:

@@ -84,6 +84,8 @@ def test_scans_queued_together_are_one_batch_on_a_single_thread_and_get_their_ow
     # The first was taken alone, but with scans queued behind it: one thread, like the batch after it.
     assert [(r.batch_size, r.threads) for r in results] == [(1, 1)] + [(5, 1)] * 5
     assert all(r.seconds["decode"] > 0 and r.seconds["regress"] > 0 for r in results)
+    # The queued scans waited for the worker at least while it regressed the first scan.
+    assert min(r.seconds["queue"] for r in results[1:]) > results[0].seconds["regress"]
 
 
 def test_max_batch_caps_what_a_worker_takes(tiny_bundle, scans, expected, gate):
