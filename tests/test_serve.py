@@ -297,3 +297,17 @@ def test_the_replica_that_regresses_gets_the_gpu(tiny_bundle, topology, expected
     stages = {ingress.name: ingress} | {arg._bound_deployment.name: arg._bound_deployment
                                         for arg in ingress.init_args if isinstance(arg, Application)}
     assert {name: stage.ray_actor_options for name, stage in stages.items()} == expected
+
+
+def test_a_replica_counts_the_cpus_of_its_ray_node(ray_address):
+    """Topology single's scan workers default to the CPUs of the replica's Ray node as Ray counts
+    them (KubeRay sets that from the Pod's limit), read where the replica runs: on the worker node,
+    not the CPU-less head."""
+    import ray
+
+    from conftest import WORKER_CPUS
+    from serve.api import _node_cpus
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address)
+    assert ray.get(ray.remote(num_cpus=0.01)(_node_cpus).remote(), timeout=60) == WORKER_CPUS
