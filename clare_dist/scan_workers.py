@@ -5,7 +5,8 @@ A replica that decodes in one thread pool and runs ONNX Runtime's intra-op threa
 more busy threads than cores. ORT splits every operator across its threads and waits for the
 slowest, so whenever the scheduler gives a core to decoding, ORT's other threads wait too.
 Measured on 2 cores, in-process with 32 scans in flight: 15.4–19.0 scans/s that way, against
-17.8–19.1 with a worker per core (benchmarks/README.md).
+17.8–19.1 with a worker per core; served over HTTP at C = 32, 11.7–12.1 against 15.3–16.3
+requests/s (benchmarks/README.md).
 
 Here each worker owns a core: it takes the scans that have queued (up to `max_batch`), decodes
 them, and regresses them as one batch on a single-thread session, so k workers keep k cores busy
@@ -45,6 +46,8 @@ class Regression:
 
 
 class Job(NamedTuple):
+    """A submitted scan, its caller's future, and when it came (for the time it queued)."""
+
     scan: ScanSource | np.ndarray
     future: Future
     submitted: float

@@ -80,8 +80,9 @@ class Preprocessor:
 
 @dataclass(frozen=True)
 class RegressorSettings:
-    """How a regressor batches and runs ONNX Runtime: the same whether it is a deployment of its
-    own or runs inside the ingress replicas (topology 'single')."""
+    """How a regressor batches and runs ONNX Runtime: a Regressor deployment, or the ingress
+    replicas' scan workers in topology 'single' (largest batch; threads and spinning of the session
+    a lone scan runs on; they take what has queued, so no batch wait)."""
 
     max_batch_size: int = 16
     batch_wait_s: float = 0.0
