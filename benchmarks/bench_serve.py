@@ -460,7 +460,7 @@ def resized_copies(files: list[Path], size: int, out_dir: Path) -> list[Path]:
     """8-bit grayscale PNG copies of `files` at size×size (LANCZOS), made once and reused."""
     from PIL import Image
 
-    from clare_dist.scans import read_scan, resize_gray
+    from clare_dist.screening import decode
 
     out_dir.mkdir(parents=True, exist_ok=True)
     copies = []
@@ -468,7 +468,7 @@ def resized_copies(files: list[Path], size: int, out_dir: Path) -> list[Path]:
         copy = out_dir / file.name
         if not copy.exists():  # written under another name first: an interrupted run leaves no half file
             partial = copy.with_suffix(".partial")
-            Image.fromarray(resize_gray(read_scan(file), size)).save(partial, format="PNG")
+            Image.fromarray(decode(file, size)).save(partial, format="PNG")
             partial.replace(copy)
         copies.append(copy)
     return copies

@@ -29,7 +29,8 @@ from typing import NamedTuple
 import numpy as np
 
 from clare_dist.export import CPU_PROVIDER, open_session, run_regressor
-from clare_dist.scans import ScanConfig, ScanSource, preprocess_scan
+from clare_dist.scans import ScanSource
+from clare_dist.screening import decode
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class ScanWorkers:
                 continue
             start = time.perf_counter()
             try:
-                scans.append(source if isinstance(source, np.ndarray) else preprocess_scan(source, ScanConfig(size=self.image_size)))
+                scans.append(source if isinstance(source, np.ndarray) else decode(source, self.image_size))
             except Exception as err:  # noqa: BLE001 - handed to this scan's caller: ScanError for a bad scan, anything else too
                 outcomes.append((future, err))
                 continue
