@@ -97,13 +97,14 @@ def tight_loop(files: list[Path], onnx_path: Path, image_size: int, batch_sizes:
 def _loop_pass(session, files: list[Path], image_size: int, batch_size: int) -> dict:
     """One timed pass over `files`: wall time, and the part spent decoding and in ORT."""
     from clare_dist.export import run_regressor
+    from clare_dist.scans import ScanConfig
     from clare_dist.screening import decode
 
     t_decode = t_ort = 0.0
     start = time.perf_counter()
     for i in range(0, len(files), batch_size):
         t0 = time.perf_counter()
-        batch = np.stack([decode(path, image_size) for path in files[i : i + batch_size]])
+        batch = np.stack([decode(path, ScanConfig(size=image_size)) for path in files[i : i + batch_size]])
         t1 = time.perf_counter()
         run_regressor(session, batch, batch_size=batch_size)
         t2 = time.perf_counter()
@@ -119,10 +120,11 @@ def _ort_one_thread(onnx_path: Path, files: list[Path], image_size: int, batch_s
     """ORT with one intra-op thread at the best batch size: what one core does while the others
     decode (the split a pipeline on a few cores can use)."""
     from clare_dist.export import open_session
+    from clare_dist.scans import ScanConfig
     from clare_dist.screening import decode
 
     count = max(batch_size, min(len(files), 2 * batch_size))
-    scans = np.stack([decode(files[i % len(files)], image_size) for i in range(count)])
+    scans = np.stack([decode(files[i % len(files)], ScanConfig(size=image_size)) for i in range(count)])
     return ort_batched_throughput(open_session(onnx_path, threads=1), scans, batch_size, repeats=1)
 
 
@@ -235,6 +237,7 @@ def stage_profile(bundle_path: Path, files: list[Path], settings, cpus: float) -
     import pandas as pd
 
     from clare_dist.batch import decode_batch, finish_batch
+    from clare_dist.scans import ScanConfig
     from clare_dist.bundle import load_bundle
     from clare_dist.screening import bundled_index
     from jobs.embed import Regressor
@@ -246,12 +249,12 @@ def stage_profile(bundle_path: Path, files: list[Path], settings, cpus: float) -
     index = bundled_index(bundle)
     regressor = Regressor(str(bundle.onnx_path), settings.ort_threads)
     setup_s = time.perf_counter() - started
-    decoded = decode_batch(batch, bundle.image_size)  # warm-up of each stage, not timed
+    decoded = decode_batch(batch, ScanConfig(size=bundle.image_size))  # warm-up of each stage, not timed
     regressed = regressor(decoded)
     frame = pd.DataFrame(regressed)  # batch_format="pandas", as _finish gets it
     finish_batch(frame, bundle.references, bundle.model_version, index=index, k=settings.k)
     stages = {
-        "decode": _timed(lambda: decode_batch(batch, bundle.image_size)),
+        "decode": _timed(lambda: decode_batch(batch, ScanConfig(size=bundle.image_size))),
         "regress": _timed(lambda: regressor(decoded)),
         "finish": _timed(lambda: finish_batch(frame, bundle.references, bundle.model_version, index=index, k=settings.k)),
     }

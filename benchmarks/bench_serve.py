@@ -71,6 +71,7 @@ def in_process(bundle_path: Path, bodies: list[bytes], requests: int, batch_size
     """The same work as a request, in this process: whole-chain latency, per-stage means, and
     batched ORT throughput on decoded scans."""
     from clare_dist.bundle import load_bundle
+    from clare_dist.scans import ScanConfig
     from clare_dist.screening import Screener, decode, regress, screen_points
 
     bundle = load_bundle(bundle_path)
@@ -86,7 +87,7 @@ def in_process(bundle_path: Path, bodies: list[bytes], requests: int, batch_size
     stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for i in range(requests):  # the same stages, timed one by one (Screener.screen runs exactly these)
         t0 = time.perf_counter()
-        scan = decode(bodies[i % len(bodies)], bundle.image_size)
+        scan = decode(bodies[i % len(bodies)], ScanConfig(size=bundle.image_size))
         t1 = time.perf_counter()
         coords = regress(screener.session, scan[None], 1)
         t2 = time.perf_counter()
@@ -112,9 +113,10 @@ def batched_ort(onnx_path: Path, image_size: int, bodies: list[bytes], batch_siz
     measured, one session with a thread per core and one single-thread session per core; `img_s`
     is the better."""
     from clare_dist.export import open_session
+    from clare_dist.scans import ScanConfig
     from clare_dist.screening import decode
 
-    scans = np.stack([decode(bodies[i % len(bodies)], image_size) for i in range(batch_size)])
+    scans = np.stack([decode(bodies[i % len(bodies)], ScanConfig(size=image_size)) for i in range(batch_size)])
     one = ort_batched_throughput(open_session(onnx_path, threads=os.cpu_count()), scans, batch_size, repeats=4)
     per_core = ort_per_core_throughput(onnx_path, scans, batch_size, repeats=2)
     best = max(("one_session", one), ("per_core_sessions", per_core), key=lambda named: named[1]["img_s"])
@@ -460,6 +462,7 @@ def resized_copies(files: list[Path], size: int, out_dir: Path) -> list[Path]:
     """8-bit grayscale PNG copies of `files` at size×size (LANCZOS), made once and reused."""
     from PIL import Image
 
+    from clare_dist.scans import ScanConfig
     from clare_dist.screening import decode
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -468,7 +471,7 @@ def resized_copies(files: list[Path], size: int, out_dir: Path) -> list[Path]:
         copy = out_dir / file.name
         if not copy.exists():  # written under another name first: an interrupted run leaves no half file
             partial = copy.with_suffix(".partial")
-            Image.fromarray(decode(file, size)).save(partial, format="PNG")
+            Image.fromarray(decode(file, ScanConfig(size=size))).save(partial, format="PNG")
             partial.replace(copy)
         copies.append(copy)
     return copies

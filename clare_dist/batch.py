@@ -104,11 +104,10 @@ def read_results(out_dir: str | os.PathLike) -> pd.DataFrame:
     return table.to_pandas().sort_values("scan_id", ignore_index=True)
 
 
-def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], config: ScanConfig) -> dict[str, np.ndarray]:
     """Stage 1 (CPU tasks): files → uint8 scans; a bad file becomes status=error with its reason."""
-    config = ScanConfig(size=image_size)
     n = len(batch["path"])
-    scans = np.zeros((n, image_size, image_size), dtype=np.uint8)
+    scans = np.zeros((n, config.size, config.size), dtype=np.uint8)
     status = np.full(n, STATUS_OK, dtype=object)
     errors = np.full(n, None, dtype=object)
     for i, path in enumerate(batch["path"]):

@@ -27,7 +27,7 @@ import pandas as pd
 from clare_dist.batch import STATUS_ERROR, STATUS_OK
 from clare_dist.bundle import INTENDED_USE, Bundle
 from clare_dist.labels import CLASSES, COMBINATION_INDEX
-from clare_dist.scans import SCAN_ERROR_KINDS, ScanError
+from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.screening import THUMBNAIL_SIZE, Screening, SimilarCase, case_images, decode
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def _explained(ok: pd.DataFrame, bundle: Bundle, index: CaseIndex | None, images
         screening = screening_from_row(row)
         notes = [screening.similar_note] if screening.similar_note else []
         try:
-            scan = decode(str(row["path"]), THUMBNAIL_SIZE)
+            scan = decode(str(row["path"]), ScanConfig(size=THUMBNAIL_SIZE))
         except ScanError as err:
             scan = None
             notes.append(f"the scan image could not be read again ({err.kind}), so it is not shown")

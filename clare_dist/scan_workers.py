@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from clare_dist.export import CPU_PROVIDER, open_session, run_regressor
-from clare_dist.scans import ScanSource
+from clare_dist.scans import ScanConfig, ScanSource
 from clare_dist.screening import decode
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,14 @@ class Job(NamedTuple):
 
 class ScanWorkers:
     """A pool of `workers` threads that screen submitted scans (encoded bytes, a path, or an
-    already decoded size×size uint8 array) into `Regression`s. `close()` stops it."""
+    already decoded size×size uint8 array; decoded with `scan_config`) into `Regression`s.
+    `close()` stops it."""
 
-    def __init__(self, onnx_path: str | os.PathLike, image_size: int, workers: int, max_batch: int = 16,
+    def __init__(self, onnx_path: str | os.PathLike, scan_config: ScanConfig, workers: int, max_batch: int = 16,
                  wide_threads: int | None = None, spinning: bool = False) -> None:
         if workers < 1 or max_batch < 1:
             raise ValueError(f"ScanWorkers needs at least one worker and a batch of one; got {workers} workers, max_batch {max_batch}")
-        self.image_size, self.max_batch = image_size, max_batch
+        self.scan_config, self.image_size, self.max_batch = scan_config, scan_config.size, max_batch
         self.narrow = open_session(onnx_path, threads=1)
         self.wide_threads = wide_threads or os.cpu_count() or 1
         on_cpu = self.narrow.get_providers()[0] == CPU_PROVIDER
@@ -143,7 +144,7 @@ class ScanWorkers:
                 continue
             start = time.perf_counter()
             try:
-                scans.append(source if isinstance(source, np.ndarray) else decode(source, self.image_size))
+                scans.append(source if isinstance(source, np.ndarray) else decode(source, self.scan_config))
             except Exception as err:  # noqa: BLE001 - handed to this scan's caller: ScanError for a bad scan, anything else too
                 outcomes.append((future, err))
                 continue

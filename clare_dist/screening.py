@@ -109,9 +109,10 @@ class SimilarResult:
 # --- the stages -------------------------------------------------------------------------------
 
 
-def decode(source: ScanSource, size: int) -> np.ndarray:
-    """One scan as the model's uint8 size×size input; raises ScanError for a bad scan."""
-    return preprocess_scan(source, ScanConfig(size=size))
+def decode(source: ScanSource, config: ScanConfig) -> np.ndarray:
+    """One scan as the model's uint8 input (config.size square, within config's limits); raises
+    ScanError for a bad scan."""
+    return preprocess_scan(source, config)
 
 
 def regress(session: ort.InferenceSession, scans: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -213,7 +214,7 @@ def case_thumbnail(index: CaseIndex, case_id: str, images_root: str | os.PathLik
     """
     path = Path(index.case(case_id)["path"])
     root = Path(images_root) if images_root is not None else Path.cwd()
-    return decode(path if path.is_absolute() else root / path, size)
+    return decode(path if path.is_absolute() else root / path, ScanConfig(size=size))
 
 
 def case_images(index: CaseIndex | None, screening: Screening, images_root: str | os.PathLike | None = None,
@@ -243,7 +244,8 @@ class Screener:
     """A bundle opened once (ONNX session, references, case index) to screen scans with.
 
     The index is the bundle's own (`index/`) unless one is given; a bundle without one still
-    screens, with no similar cases and a note saying how to add them.
+    screens, with no similar cases and a note saying how to add them. `limits` are the site's
+    bounds on one scan (its size is the bundle's).
     """
 
     def __init__(
@@ -253,8 +255,10 @@ class Screener:
         threads: int | None = None,
         batch_size: int = 32,
         spinning: bool = True,
+        limits: ScanConfig = ScanConfig(),
     ) -> None:
         self.bundle = bundle
+        self.scan_config = limits.sized(bundle.image_size)
         self.index = index if index is not None else bundled_index(bundle)
         self.session = open_session(bundle.onnx_path, threads=threads, spinning=spinning)
         self.batch_size = batch_size
@@ -263,7 +267,7 @@ class Screener:
                k: int = DEFAULT_K) -> list[Screening]:
         """Screen every scan in one ONNX batch; the first bad scan raises its ScanError."""
         ids = _scan_ids(sources, scan_ids)
-        scans = [decode(source, self.bundle.image_size) for source in sources]
+        scans = [decode(source, self.scan_config) for source in sources]
         return self.screen_decoded(np.stack(scans) if scans else self._no_scans(), ids, k)
 
     def screen_many(self, sources: Sequence[ScanSource], scan_ids: Sequence[str] | None = None,
@@ -275,7 +279,7 @@ class Screener:
         scans: list[np.ndarray] = []
         for i, (source, scan_id) in enumerate(zip(sources, ids)):
             try:
-                scans.append(decode(source, self.bundle.image_size))
+                scans.append(decode(source, self.scan_config))
                 good.append(i)
             except ScanError as err:
                 log.debug("scan %s not screened (%s): %s", scan_id, err.kind, err.message)  # the caller reports it
@@ -301,7 +305,7 @@ class Screener:
         from clare_dist.plots import explanation_figure  # matplotlib loads only where figures are drawn
 
         return explanation_figure(screening, self.bundle.references, self.case_images(screening, images_root),
-                                  INTENDED_USE, scan_image=decode(source, THUMBNAIL_SIZE))
+                                  INTENDED_USE, scan_image=decode(source, self.scan_config.sized(THUMBNAIL_SIZE)))
 
     def _no_scans(self) -> np.ndarray:
         return np.zeros((0, self.bundle.image_size, self.bundle.image_size), np.uint8)

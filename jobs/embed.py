@@ -31,6 +31,7 @@ from clare_dist.batch import (
 from clare_dist.bundle import load_bundle
 from clare_dist.export import open_session, run_regressor
 from clare_dist.report import write_report
+from clare_dist.scans import ScanConfig
 from clare_dist.screening import bundled_index
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class EmbedSettings:
     task_cpus: float = 0.5
     ort_threads: int | None = None
     k: int = 9
+    limits: ScanConfig = ScanConfig()  # the site's bounds on one scan; its size is the bundle's
 
 
 class Regressor:
@@ -117,7 +119,7 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
         blocks = max(1, -(-len(todo) // settings.batch_size))
         dataset = ray.data.from_pandas(inputs_table(todo)).repartition(blocks)
         dataset = dataset.map_batches(
-            decode_batch, fn_kwargs={"image_size": bundle.image_size}, batch_size=settings.batch_size,
+            decode_batch, fn_kwargs={"config": settings.limits.sized(bundle.image_size)}, batch_size=settings.batch_size,
             batch_format="numpy", num_cpus=settings.task_cpus,
         )
         dataset = dataset.map_batches(

@@ -33,7 +33,7 @@ from starlette.formparsers import MultiPartParser
 
 from clare_dist.bundle import INTENDED_USE, load_bundle
 from clare_dist.scan_workers import ScanWorkers
-from clare_dist.scans import ScanError
+from clare_dist.scans import ScanConfig, ScanError
 from clare_dist.screening import DEFAULT_K, ScanFailure
 from serve.stages import CaseLookup, DecodedScan, Preprocessor, Regressed, RegressorSettings
 
@@ -177,7 +177,7 @@ class ClareAPI:
 
     def __init__(self, regressor: DeploymentHandle | RegressorSettings, bundle: str, max_body_mb: float,
                  preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
-                 images_root: str | None = None, decode_threads: int | None = None) -> None:
+                 images_root: str | None = None, decode_threads: int | None = None, limits: ScanConfig = ScanConfig()) -> None:
         self.preprocessor, self.lookup = preprocessor, lookup
         loaded = load_bundle(bundle)
         self.model_version = loaded.model_version
@@ -186,13 +186,13 @@ class ClareAPI:
         self.workers = None
         if local:
             cores = _node_cpus()
-            self.workers = ScanWorkers(loaded.onnx_path, loaded.image_size, decode_threads or cores, max_batch=regressor.max_batch_size,
+            self.workers = ScanWorkers(loaded.onnx_path, limits.sized(loaded.image_size), decode_threads or cores, max_batch=regressor.max_batch_size,
                                        wide_threads=regressor.threads or cores, spinning=regressor.spinning)
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
         self.in_ingress = preprocessor is None
         if self.in_ingress:
-            self.decoder = Preprocessor.func_or_class(bundle)
+            self.decoder = Preprocessor.func_or_class(bundle, limits)
             self.cases = CaseLookup.func_or_class(bundle, images_root)
             self.pool = ThreadPoolExecutor(max_workers=decode_threads or _replica_cpus(), thread_name_prefix="clare-cpu-stage")
         api.state.model_version = self.model_version

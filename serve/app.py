@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 
+from clare_dist.scans import ScanConfig
 from serve.api import ClareAPI
 from serve.stages import CaseLookup, Preprocessor, Regressor, RegressorSettings
 
@@ -72,6 +73,10 @@ class AppArgs(BaseModel):
                                        "its node's CPUs) or decoding threads (ingress; default: its own CPUs)")
     images_root: str | None = Field(None, description="directory that relative case image paths of the index are under")
     max_body_mb: float = Field(64, gt=0, description="largest accepted request body, in MiB (413 beyond)")
+    max_pixels: int = Field(ScanConfig.max_pixels, ge=1, description="largest accepted scan, columns × rows of its decoded frame (refused from the header beyond: 422)")
+    max_file_mb: float = Field(ScanConfig.max_file_mb, gt=0, description="largest scan in MiB once read, or once a Deflate DICOM is inflated (422 beyond)")
+    max_frames: int = Field(ScanConfig.max_frames, ge=1, description="most frames a multi-frame DICOM may declare (its first frame is screened)")
+    max_aspect: float = Field(ScanConfig.max_aspect, ge=1, description="largest ratio of a scan's longer side to its shorter")
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a Regressor deployment's batch waits to fill (0: take what has queued while the last batch ran; "
                                  "scan workers always take what has queued)")
@@ -81,6 +86,11 @@ class AppArgs(BaseModel):
     regressor_gpus: float | None = Field(None, ge=0, description="GPUs per replica that regresses (Regressor; ClareAPI in topology single); default: 1 if the cluster has GPUs")
     replicas: int | None = Field(None, ge=1, description="fixed replica count of the stages that do the work (ingress or Preprocessor, and Regressor)")
     autoscale: bool = Field(False, description="autoscale the stages with serve/config.yaml's settings")
+
+    def scan_limits(self) -> ScanConfig:
+        """The site's bounds on one scan; the size is the bundle's."""
+        return ScanConfig(max_pixels=self.max_pixels, max_file_mb=self.max_file_mb, max_frames=self.max_frames,
+                          max_aspect=self.max_aspect)
 
     def regressor_settings(self) -> RegressorSettings:
         return RegressorSettings(self.max_batch_size, self.batch_wait_ms / 1000, self.ort_threads, self.ort_spinning)
@@ -115,10 +125,10 @@ def build_app(args: dict[str, Any]) -> Application:
         regressor = stages["Regressor"].bind(settings.bundle, regressor)
     if topology != "chain":
         return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
-                                       decode_threads=settings.decode_threads)
+                                       decode_threads=settings.decode_threads, limits=settings.scan_limits())
     return stages["ClareAPI"].bind(
         regressor, settings.bundle, settings.max_body_mb,
-        preprocessor=stages["Preprocessor"].bind(settings.bundle),
+        preprocessor=stages["Preprocessor"].bind(settings.bundle, settings.scan_limits()),
         lookup=stages["CaseLookup"].bind(settings.bundle, settings.images_root),
     )
 

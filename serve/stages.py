@@ -32,7 +32,7 @@ from clare_dist.screening import (
     regress,
     screen_points,
 )
-from clare_dist.scans import ScanError
+from clare_dist.scans import ScanConfig, ScanError
 
 log = logging.getLogger("ray.serve")  # Serve adds the request id to this logger's records
 
@@ -60,16 +60,16 @@ class Preprocessor:
     """Decode, validate and resize one scan. A bad scan becomes a ScanFailure that the next
     stages pass on untouched, so the ingress answers 422 with the reason from the chain's end."""
 
-    def __init__(self, bundle: str) -> None:
+    def __init__(self, bundle: str, limits: ScanConfig = ScanConfig()) -> None:
         manifest = load_bundle(bundle)
-        self.size = manifest.image_size
+        self.config = limits.sized(manifest.image_size)
         self.model_version = manifest.model_version
 
     def __call__(self, body: bytes, scan_id: str, thumbnail: bool = False) -> DecodedScan | ScanFailure:
         start = time.perf_counter()
         try:
-            scan = decode(body, self.size)
-            small = decode(body, THUMBNAIL_SIZE) if thumbnail else None
+            scan = decode(body, self.config)
+            small = decode(body, self.config.sized(THUMBNAIL_SIZE)) if thumbnail else None
         except ScanError as err:
             return ScanFailure(scan_id, err.kind, err.message)
         return DecodedScan(scan, small, {"decode": time.perf_counter() - start})

@@ -33,6 +33,7 @@ from clare_dist.batch import (
 from clare_dist.bundle import INTENDED_USE, Bundle, load_bundle
 from clare_dist.labels import COMBINATIONS
 from clare_dist.report import choose_sample, write_report
+from clare_dist.scans import ScanConfig
 from clare_dist.screening import NO_INDEX_NOTE
 from clare_dist.synth import write_broken_scans
 
@@ -123,7 +124,7 @@ def archive(tiny_archive, tmp_path_factory) -> Path:
 def screen_archive(archive: Path, bundle: Bundle, out: Path, index=None) -> pd.DataFrame:
     """The batch stages without Ray, written as a Parquet part and read back as the job does."""
     inputs = inputs_table(list_archive(archive))
-    decoded = decode_batch({column: inputs[column].to_numpy() for column in inputs}, bundle.image_size)
+    decoded = decode_batch({column: inputs[column].to_numpy() for column in inputs}, ScanConfig(size=bundle.image_size))
     batch = pd.DataFrame({column: decoded[column] for column in ("scan_id", "path", "status", "error")})
     refs = bundle.references.coords
     batch["x"] = [refs[i % len(refs), 0] + 0.01 for i in range(len(batch))]

@@ -4,9 +4,8 @@ fails alone."""
 
 from __future__ import annotations
 
-import errno
-import os
-import time
+import queue
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from clare_dist.bundle import load_bundle
 from clare_dist.export import open_session, run_regressor
+from clare_dist import scan_workers
 from clare_dist.scan_workers import ScanWorkers
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
 
@@ -37,37 +37,44 @@ def expected(tiny_bundle: Path, scans: list[bytes]) -> np.ndarray:
     return run_regressor(open_session(bundle.onnx_path, threads=1), decoded, batch_size=1)
 
 
+class Gate:
+    """A scan source that holds the worker decoding it until the test hands over the scan's bytes
+    (when the `worker_at` block is left)."""
+
+    def __init__(self) -> None:
+        self.taken = threading.Event()
+        self.scan: queue.Queue[bytes] = queue.Queue()
+
+
 @pytest.fixture
-def gate(tmp_path: Path) -> Path:
-    """A scan path (a FIFO) that holds the worker reading it until the test writes the scan into it."""
-    path = tmp_path / "gate.png"
-    os.mkfifo(path)
-    return path
+def gate(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    held, real = Gate(), scan_workers.decode
+
+    def decode(source, config):
+        if source is held:
+            held.taken.set()
+            return real(held.scan.get(timeout=60), config)
+        return real(source, config)
+
+    monkeypatch.setattr(scan_workers, "decode", decode)
+    return held
 
 
 @contextmanager
-def worker_at(gate: Path):
-    """Entered once a worker has taken its batch and opened the gate; writes the scan given to the
-    function it yields, and lets the worker go on leaving."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until a reader has it open
-            break
-        except OSError as err:
-            if err.errno != errno.ENXIO or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-    os.set_blocking(fd, True)
+def worker_at(gate: Gate):
+    """Entered once a worker has taken its batch and started on the gate; the scan given to the
+    function it yields reaches the worker when the block is left."""
+    assert gate.taken.wait(60), "no worker took the gated scan"
+    given: list[bytes] = []
     try:
-        yield lambda scan: os.write(fd, scan)
+        yield given.append
     finally:
-        os.close(fd)
+        gate.scan.put(given[0] if given else b"")
 
 
 def workers(bundle_path: Path, count: int, **options) -> ScanWorkers:
     bundle = load_bundle(bundle_path)
-    return ScanWorkers(bundle.onnx_path, bundle.image_size, count, wide_threads=2, **options)
+    return ScanWorkers(bundle.onnx_path, ScanConfig(size=bundle.image_size), count, wide_threads=2, **options)
 
 
 def test_scans_queued_together_are_one_batch_on_a_single_thread_and_get_their_own_points(tiny_bundle, scans, expected, gate):
@@ -189,6 +196,6 @@ def test_the_lone_scan_session_has_a_thread_per_core_spinning_only_when_asked(ti
         setting = None
     assert setting == (None if spinning else "0")
     bundle = load_bundle(tiny_bundle)
-    single = ScanWorkers(bundle.onnx_path, bundle.image_size, 1, wide_threads=1)
+    single = ScanWorkers(bundle.onnx_path, ScanConfig(size=bundle.image_size), 1, wide_threads=1)
     single.close()
     assert single.wide is None

@@ -114,9 +114,10 @@ def test_16_bit_png_is_scaled_by_its_own_range() -> None:
     np.testing.assert_array_equal(read_scan(data), [[0, 50], [100, 255]])  # (v - 100) * 255 / 5100
 
 
-def test_constant_16_bit_png_gives_zeros() -> None:
+def test_a_flat_scan_is_refused_not_screened() -> None:
     data = png_bytes(Image.fromarray(np.full((3, 5), 4000, np.uint16)))
-    np.testing.assert_array_equal(read_scan(data), np.zeros((3, 5), np.uint8))
+    error = scan_error(data)
+    assert error.kind == "bad_pixels" and "flat" in error.message
 
 
 @pytest.mark.parametrize("mode", ["LA", "RGB", "RGBA", "P", "1"])
@@ -130,6 +131,7 @@ def test_rgba_is_not_read_from_its_first_channel() -> None:
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 1] = 200  # pure green: luminance 0.587 * 200
     rgba[..., 3] = 255
+    rgba[7, 7, 1] = 0
     assert read_scan(png_bytes(Image.fromarray(rgba, "RGBA")))[0, 0] == 117
 
 
@@ -197,8 +199,8 @@ def test_png_header_with_huge_dimensions_is_refused_before_decoding() -> None:
 
 def test_max_pixels_is_configurable() -> None:
     data = png_bytes(Image.fromarray(gradient(64, 48)))
-    assert scan_error(data, max_pixels=64 * 48 - 1).kind == "too_many_pixels"
-    assert read_scan(data, max_pixels=64 * 48).shape == (48, 64)
+    assert scan_error(data, config=ScanConfig(max_pixels=64 * 48 - 1)).kind == "too_many_pixels"
+    assert read_scan(data, ScanConfig(max_pixels=64 * 48)).shape == (48, 64)
     with pytest.raises(ScanError, match="limit"):
         preprocess_scan(data, ScanConfig(max_pixels=100))
 
@@ -317,13 +319,16 @@ def test_multi_frame_dicom_gives_its_first_frame() -> None:
 def test_rgb_dicom_becomes_luminance() -> None:
     rgb = np.zeros((2, 3, 3), np.uint8)
     rgb[..., 1] = 200
+    rgb[1, 2] = 0  # one black pixel: a flat image would be refused
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((2, 3)))))
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = rgb.tobytes()
     out = io.BytesIO()
     ds.save_as(out)
-    np.testing.assert_array_equal(read_scan(out.getvalue()), np.full((2, 3), 117))
+    expected = np.full((2, 3), 117)
+    expected[1, 2] = 0
+    np.testing.assert_array_equal(read_scan(out.getvalue()), expected)
 
 
 def test_dicom_without_pixel_data() -> None:
@@ -339,8 +344,11 @@ def test_truncated_dicom_pixel_data() -> None:
 def test_dicom_size_is_checked_before_decoding() -> None:
     # Headers claim far more pixels than the file holds: refused as too big, not as truncated.
     assert scan_error(dicom_bytes(np.zeros((2, 2)), Rows=8000, Columns=8000)).kind == "too_many_pixels"
+    # Only the first frame is decoded, so the pixel limit is per frame; frames have their own.
     error = scan_error(dicom_bytes(np.zeros((2, 2)), Rows=4000, Columns=4000, NumberOfFrames=4))
-    assert error.kind == "too_many_pixels" and "4 frames" in error.message
+    assert error.kind == "truncated" and "first frame" in error.message
+    error = scan_error(dicom_bytes(np.zeros((2, 2)), NumberOfFrames=5000))
+    assert error.kind == "too_many_pixels" and "5,000 frames" in error.message
 
 
 def test_dicom_unsupported_photometric_and_transfer_syntax() -> None:
