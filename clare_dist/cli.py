@@ -86,12 +86,14 @@ def make_references(out: Path, seed: int = 0):
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    archive = synthesize(args.out, args.n_images, args.size, args.seed, args.dicom)
+    if args.transfer_syntax != "explicit" and not args.dicom:
+        raise SystemExit("clare-dist synth: --transfer-syntax encodes DICOM files; add --dicom")
+    archive = synthesize(args.out, args.n_images, args.size, args.seed, args.dicom, args.transfer_syntax)
     print(f"wrote {archive.n_images} images to {archive.image_dir} and {archive.data_entry_csv}")
     return 0
 
 
-def synthesize(out: Path, n_images: int, size: int, seed: int, dicom: bool):
+def synthesize(out: Path, n_images: int, size: int, seed: int, dicom: bool, transfer_syntax: str = "explicit"):
     from clare_dist.synth import SynthConfig, write_archive
 
     step = max(1, n_images // 10)
@@ -100,7 +102,8 @@ def synthesize(out: Path, n_images: int, size: int, seed: int, dicom: bool):
         if done % step == 0 or done == total:
             log.info("synth: %d/%d images", done, total)
 
-    return write_archive(out, SynthConfig(n_images=n_images, size=size, seed=seed, dicom=dicom), progress=progress)
+    config = SynthConfig(n_images=n_images, size=size, seed=seed, dicom=dicom, transfer_syntax=transfer_syntax)
+    return write_archive(out, config, progress=progress)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -350,12 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     p.set_defaults(func=cmd_demo)
 
+    from clare_dist.synth_dicom import TRANSFER_SYNTAXES
+
     p = sub.add_parser("synth", help="write a synthetic archive in the CXR14 layout")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-images", type=int, required=True)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dicom", action="store_true", help="write 16-bit DICOM (MONOCHROME1 and 2) instead of PNG")
+    p.add_argument("--dicom", action="store_true", help="write 16-bit DX DICOM (MONOCHROME1 and 2) instead of PNG")
+    p.add_argument("--transfer-syntax", choices=list(TRANSFER_SYNTAXES), default="explicit",
+                   help="encoding of the --dicom files (default explicit: uncompressed explicit VR little endian)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("prepare", help="CXR14 Data_Entry CSV -> labels.parquet with 5-class vectors and folds")

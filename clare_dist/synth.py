@@ -12,7 +12,8 @@ proportions of the 26 combinations and a visible, learnable sign for every class
 
 Normal variation (heart size, exposure, rib spacing, a gastric bubble, AP magnification)
 overlaps a little with the signs so that the task is learnable but not trivial. Everything is
-deterministic for a seed: the same config writes a byte-identical CSV and identical pixels.
+deterministic for a seed: the same config writes a byte-identical CSV and identical pixels (with
+`dicom`, byte-identical DX files: `synth_dicom.py`).
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
 from .cxr14 import DATA_ENTRY_HEADER, DATA_ENTRY_NAME
@@ -42,6 +40,15 @@ from .labels import (
     NO_FINDING,
     TABLE1_COUNTS,
     combination_vector,
+)
+from .synth_dicom import (
+    LOSSY_SYNTAXES,
+    TRANSFER_SYNTAXES,
+    DXSubject,
+    display_to_stored,
+    dx_formats,
+    encode_dx,
+    study_times,
 )
 
 log = logging.getLogger(__name__)
@@ -58,7 +65,10 @@ _SECOND_PA_FINDING_P = 0.25  # share of Pa images with two parenchymal findings 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What to draw. `min_per_combination` guarantees that all 26 combinations occur."""
+    """What to draw. `min_per_combination` guarantees that all 26 combinations occur.
+
+    `transfer_syntax` (a key of `synth_dicom.TRANSFER_SYNTAXES`) is how DICOM files are encoded.
+    """
 
     n_images: int
     size: int = 256
@@ -66,6 +76,7 @@ class SynthConfig:
     dicom: bool = False
     min_per_combination: int = 2
     images_per_patient_mean: float = 3.0
+    transfer_syntax: str = "explicit"
 
     def __post_init__(self) -> None:
         minimum = len(COMBINATIONS) * self.min_per_combination
@@ -81,6 +92,12 @@ class SynthConfig:
             raise ValueError(f"size must be at least 32 pixels to draw a chest, got {self.size}")
         if self.images_per_patient_mean < 1:
             raise ValueError(f"images_per_patient_mean must be >= 1, got {self.images_per_patient_mean}")
+        if self.transfer_syntax not in TRANSFER_SYNTAXES:
+            raise ValueError(
+                f"unknown transfer_syntax {self.transfer_syntax!r}; choose one of {', '.join(TRANSFER_SYNTAXES)}"
+            )
+        if self.transfer_syntax != "explicit" and not self.dicom:
+            raise ValueError(f"transfer_syntax={self.transfer_syntax!r} applies to DICOM output only; set dicom=True")
 
 
 @dataclass(frozen=True)
@@ -468,7 +485,7 @@ def write_archive(
     labels_rng = np.random.default_rng([seed, 0])
     combos = draw_combinations(n, labels_rng, config.min_per_combination)
     sizes = _patient_sizes(n, config.images_per_patient_mean, labels_rng)
-    formats = _dicom_formats(n, np.random.default_rng([seed, 3])) if config.dicom else []
+    formats = dx_formats(n, np.random.default_rng([seed, 3])) if config.dicom else []
     ext = ".dcm" if config.dicom else ".png"
     log.info("writing %d synthetic scans of %d patients (%d px, %s) to %s", n, len(sizes), config.size, ext, root)
 
@@ -477,23 +494,29 @@ def write_archive(
     for patient, count in enumerate(sizes, start=1):
         anatomy = sample_anatomy(np.random.default_rng([seed, 1, patient]))
         sex = "M" if labels_rng.random() < 0.56 else "F"
-        age = int(np.clip(labels_rng.normal(47, 17), 2, 90))
-        for follow_up in range(count):
-            findings = draw_findings(combos[i], labels_rng)
-            view = "AP" if labels_rng.random() < 0.4 else "PA"
+        visits = _draw_visits(combos[i : i + count], int(np.clip(labels_rng.normal(47, 17), 2, 90)), labels_rng)
+        if config.dicom:
+            birth, times = study_times([age for _, _, age in visits], np.random.default_rng([seed, 4, patient]))
+        for follow_up, (findings, view, age) in enumerate(visits):
             spacing = 0.139 if view == "AP" else 0.143
             img = render_scan(
                 combination_vector(combos[i]), config.size, np.random.default_rng([seed, 2, i]), anatomy, findings, view
             )
             name = f"{patient:08d}_{follow_up:03d}{ext}"
             if config.dicom:
-                _write_dicom(image_dir / name, img, seed, patient, sex, age, view, spacing, follow_up, *formats[i])
+                subject = DXSubject.synthetic(
+                    ["clare-dist-synth", str(seed)], patient, follow_up, sex, birth, times[follow_up], view, spacing,
+                    variant=config.transfer_syntax if config.transfer_syntax in LOSSY_SYNTAXES else "",
+                )
+                photometric, bits = formats[i]
+                stored, window = display_to_stored(img, bits, photometric)
+                data = encode_dx(stored, bits, photometric, config.transfer_syntax, window=window, subject=subject)
+                (image_dir / name).write_bytes(data)
             else:
                 Image.fromarray(np.round(img * 255).astype(np.uint8), "L").save(image_dir / name)
             labels = "|".join(findings) or NO_FINDING
             size = config.size
             rows.append(f"{name},{labels},{follow_up},{patient},{age},{sex},{view},{size},{size},{spacing},{spacing}")
-            age = min(95, age + int(labels_rng.integers(0, 2)))
             i += 1
             if progress is not None:
                 progress(i, n)
@@ -509,60 +532,19 @@ def write_archive(
     return SynthArchive(root=root, data_entry_csv=csv_path, image_dir=image_dir, n_images=n, combination_counts=counts)
 
 
-def _dicom_formats(n: int, rng: np.random.Generator) -> list[tuple[str, int, float]]:
-    """(photometric interpretation, bits stored, rescale intercept) per file; every combination occurs from n = 8."""
-    kinds = [(m, b, c) for m in ("MONOCHROME1", "MONOCHROME2") for b in (12, 16) for c in (0.0, -1024.0)]
-    return [kinds[k] for k in rng.permutation(np.arange(n) % len(kinds))]
+def _draw_visits(combos: Sequence[str], age: int, rng: np.random.Generator) -> list[tuple[tuple[str, ...], str, int]]:
+    """(findings, view, age) of one patient's follow-ups; the age rises by 0 or 1 year between them.
 
-
-def _write_dicom(
-    path: Path, img: np.ndarray, seed: int, patient: int, sex: str, age: int, view: str, spacing: float,
-    follow_up: int, photometric: str, bits: int, intercept: float,
-) -> None:
-    """A 16-bit DX DICOM of a rendered scan; MONOCHROME1 is stored inverted so that it displays the same.
-
-    The display range [0, 1] maps to 8%..92% of the stored range (detector headroom), and the
-    window covers exactly that span. UIDs are 2.25 UUID-derived, from the seed and file name.
+    All of a patient's labels are drawn before their scans are written, so that a DICOM study's
+    date can be placed in the right year of life; the draws stay in the order of the CSV's rows.
     """
-    top = 2**bits - 1
-    lo, hi = round(0.08 * top), round(0.92 * top)
-    stored = np.round(lo + img * (hi - lo)).astype(np.uint16)
-    center = (lo + hi) / 2
-    if photometric == "MONOCHROME1":
-        stored, center = top - stored, top - center
-    entropy = ["clare-dist-synth", str(seed), path.name]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid(prefix=None, entropy_srcs=entropy + ["sop"])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(prefix=None, entropy_srcs=entropy + ["study"])
-    ds.SeriesInstanceUID = generate_uid(prefix=None, entropy_srcs=entropy + ["series"])
-    ds.StudyDate = (date(2010, 1, 1) + timedelta(days=90 * follow_up)).strftime("%Y%m%d")
-    ds.Modality = "DX"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = view
-    ds.PatientName = f"SYNTHETIC^P{patient:08d}"
-    ds.PatientID = f"{patient:08d}"
-    ds.PatientSex = sex
-    ds.PatientAge = f"{age:03d}Y"
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "synthetic image drawn by clare-dist; no real patient"
-    ds.SeriesNumber, ds.InstanceNumber = 1, 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = img.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    ds.PixelSpacing = ds.ImagerPixelSpacing = [spacing, spacing]
-    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, intercept, "US"
-    ds.WindowCenter, ds.WindowWidth = center + intercept, hi - lo
-    ds.PixelData = stored.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    visits = []
+    for combo in combos:
+        findings = draw_findings(combo, rng)
+        view = "AP" if rng.random() < 0.4 else "PA"
+        visits.append((findings, view, age))
+        age = min(95, age + int(rng.integers(0, 2)))
+    return visits
 
 
 def write_broken_scans(directory: str | os.PathLike) -> list[Path]:

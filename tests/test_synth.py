@@ -258,6 +258,7 @@ def test_dicom_archive_displays_like_the_png_archive(tmp_path):
     for path in sorted(dcm.image_dir.iterdir()):
         ds = pydicom.dcmread(path)
         assert path.suffix == ".dcm" and ds.BitsAllocated == 16 and ds.PixelRepresentation == 0
+        assert (ds.RescaleIntercept, ds.RescaleSlope) == (0, 1)  # the DX IOD's only modality LUT
         assert ds.PatientName.family_name == "SYNTHETIC" and ds.PatientID == path.name[:8]
         assert ds.pixel_array.dtype == np.uint16 and ds.pixel_array.max() < 2**ds.BitsStored
         photometric.add(ds.PhotometricInterpretation)
