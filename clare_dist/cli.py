@@ -29,7 +29,7 @@ from clare_dist.cxr14 import (
 )
 from clare_dist.labels import LabelError
 from clare_dist.runs import LABELS_FILE, RunError
-from clare_dist.scans import ScanError
+from clare_dist.scans import ScanConfig, ScanError
 
 log = logging.getLogger("clare_dist")
 
@@ -283,7 +283,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.k <= 0:
         raise SystemExit(f"--k takes a positive number of similar cases; got {args.k}")
-    screener = Screener(load_bundle(args.bundle))
+    screener = Screener(load_bundle(args.bundle), limits=_scan_limits(args))
     results = screener.screen_many(args.scans, k=args.k)
     plots = figure_paths(args.plot, [r.scan_id for r in results]) if args.plot else [None] * len(results)
     for scan, result, plot in zip(args.scans, results, plots):
@@ -303,7 +303,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     _connect_ray(args.address, args.num_cpus)
     from jobs.embed import EmbedSettings, build_case_index, run_embed
 
-    settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k)
+    settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=_scan_limits(args))
     results = run_embed(args.bundle, args.archive, args.out, settings)
     counts = results["status"].value_counts()
     print(f"{len(results)} scans: {counts.get('ok', 0)} screened, {counts.get('error', 0)} failed; "
@@ -330,11 +330,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app_args = {"bundle": str(bundle.path.resolve()), "topology": args.topology,
                 "decode_threads": args.decode_threads, "ort_threads": args.ort_threads, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
+                **{name: getattr(_scan_limits(args), name) for name in SCAN_LIMITS},
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
     print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs), "
           f"topology {resolve_topology(args.topology)}; Ctrl-C stops")
     run(app_args, host=args.host, port=args.port, blocking=True)
     return 0
+
+
+SCAN_LIMITS = ("max_pixels", "max_file_mb", "max_frames", "max_aspect")
+
+
+def _add_scan_limits(p: argparse.ArgumentParser) -> None:
+    """The site's bounds on one scan, decided from its headers before it is decoded."""
+    d = ScanConfig()
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help=f"largest scan frame, columns x rows (default {d.max_pixels:,})")
+    p.add_argument("--max-file-mb", type=float, default=d.max_file_mb,
+                   help=f"largest scan file in MiB, and what a Deflate DICOM may inflate to (default {d.max_file_mb:g})")
+    p.add_argument("--max-frames", type=int, default=d.max_frames, help=f"most frames a DICOM may declare (default {d.max_frames}); the first is screened")
+    p.add_argument("--max-aspect", type=float, default=d.max_aspect, help=f"largest ratio of the longer side to the shorter (default {d.max_aspect:g})")
+
+
+def _scan_limits(args: argparse.Namespace) -> ScanConfig:
+    try:
+        return ScanConfig(**{name: getattr(args, name) for name in SCAN_LIMITS})
+    except ValueError as err:
+        raise SystemExit(f"clare-dist {args.command}: {err}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -412,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=9, help="similar cases per scan")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    _add_scan_limits(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("evaluate", help="the paper's Tables 2-4 and figures for a run")
@@ -435,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=9, help="similar known cases to show (default 9)")
     p.add_argument("--images", type=Path, default=None,
                    help="folder the indexed cases' relative paths are resolved in, for thumbnails (default: .)")
+    _add_scan_limits(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="the HTTP screening API on Ray Serve (POST /v1/predict, docs at /docs)")
@@ -460,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, default=None, help="folder the indexed cases' relative paths are under")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    _add_scan_limits(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

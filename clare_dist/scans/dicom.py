@@ -34,8 +34,12 @@ from pydicom.uid import (
 )
 
 from clare_dist.scans.errors import ScanConfig, ScanError, check_dimensions
-from clare_dist.scans.pillow import jpeg_size
+from clare_dist.scans.pillow import check_jpeg_holds_image, jpeg_size
 from clare_dist.scans.pixels import map_to_uint8
+
+# Reading an invalid value (text in an IS) would warn and log it, and any value may be patient
+# data: values are checked where they are used, and nothing is echoed.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
@@ -49,6 +53,9 @@ def read_dicom(data: bytes, config: ScanConfig) -> np.ndarray:
     """A DICOM scan's first frame as a 2-D uint8 image at its own resolution."""
     ds = _parse(data, config)
     if not any(tag in ds for tag in PIXEL_TAGS):
+        sop_class = UID(str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or ""))
+        if not len(ds) or "Rows" in ds or "Image Storage" in sop_class.name:  # an image without its pixels
+            raise ScanError("truncated", "the DICOM file ends before its Pixel Data; it was cut short: copy it again")
         raise ScanError("no_pixel_data", "the DICOM file has no Pixel Data: it is not an image object (e.g. a structured "
                                          "report) or it was cut short; send the image instance of the study")
     layout = _pixel_layout(ds, config)
@@ -57,6 +64,8 @@ def read_dicom(data: bytes, config: ScanConfig) -> np.ndarray:
     _check_pixel_data(ds, syntax, layout)
     try:
         pixels = pixel_array(ds, index=0)  # a multi-frame scan is screened by its first frame
+    except MemoryError:  # past the limits, or a machine out of memory: not this file's fault
+        raise
     except Exception as err:  # each decoder plugin raises its own types on bad data
         raise ScanError("truncated", f"the DICOM pixel data ({syntax.name}) is cut short or corrupt "
                                      f"({type(err).__name__}); re-export or copy the scan again") from err
@@ -93,23 +102,24 @@ def _parse(data: bytes, config: ScanConfig) -> Dataset:
         return pydicom.dcmread(BytesIO(data), force=True)
     except ScanError:
         raise
+    except MemoryError:  # past the limits, or a machine out of memory: not this file's fault
+        raise
     except Exception as err:  # any parse failure of a file that announced itself as DICOM
         raise ScanError("truncated", f"the DICOM file is cut short or corrupt ({type(err).__name__}); copy it again") from err
 
 
-def _inflate(deflated: bytes, limit: int) -> bytes:
+def _inflate(deflated: bytes, limit: int) -> bytearray:
     """Inflate a Deflate dataset in steps, refusing it as soon as it passes `limit` bytes."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    parts, size, pending = [], 0, deflated
+    inflated, pending = bytearray(), deflated
     while pending and not inflater.eof:
-        part = inflater.decompress(pending, _INFLATE_CHUNK)
-        size += len(part)
-        if size > limit:
+        inflated += inflater.decompress(pending, _INFLATE_CHUNK)
+        if len(inflated) > limit:
             raise ScanError("file_too_large", f"the Deflate DICOM dataset inflates past the limit of {limit:,} bytes "
                                               "(--max-file-mb): a decompression bomb, or a scan far larger than any radiograph")
-        parts.append(part)
         pending = inflater.unconsumed_tail
-    return b"".join(parts) + inflater.flush()
+    inflated += inflater.flush()
+    return inflated
 
 
 def _header_int(ds: Dataset, keyword: str, low: int, high: int, default: int | None = None) -> int:
@@ -202,10 +212,11 @@ def _check_pixel_data(ds: Dataset, syntax: UID, layout: dict) -> None:
         first = next(generate_frames(value, number_of_frames=layout["frames"]), b"")
         if first[:2] != b"\xff\xd8":
             raise ScanError("bad_pixels", f"the first frame of this {syntax.name} DICOM is no JPEG stream; re-export the scan")
-        width, height = jpeg_size(first)
+        width, height, coded = jpeg_size(first)
         if (width, height) != (layout["columns"], layout["rows"]):
             raise ScanError("bad_pixels", f"the JPEG frame is {width}x{height} but the DICOM header says "
                                           f"{layout['columns']}x{layout['rows']}; re-export the scan")
+        check_jpeg_holds_image(width, height, coded)
 
 
 def _gray_to_uint8(pixels: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
@@ -219,7 +230,7 @@ def _gray_to_uint8(pixels: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
         return map_to_uint8(pixels, transform, window, invert)
     except ScanError:
         raise
-    except Exception as err:  # ValueError, IndexError (a LUT shorter than its descriptor), ...
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError, NotImplementedError) as err:
         raise ScanError("bad_header", f"the DICOM modality or display LUT cannot be applied ({type(err).__name__}); "
                                       "re-export the scan with a valid window") from err
 

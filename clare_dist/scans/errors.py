@@ -56,7 +56,7 @@ class ScanConfig:
 
     size: int = 256
     max_pixels: int = 50_000_000
-    max_file_mb: float = 512.0
+    max_file_mb: float = 128.0
     max_frames: int = 1024
     max_aspect: float = 8.0
 

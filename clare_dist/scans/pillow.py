@@ -52,8 +52,9 @@ def png_size(data: bytes) -> tuple[int, int]:
         pos = end
 
 
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the frame header, after checking that a scan follows and ends (EOI)."""
+def jpeg_size(data: bytes) -> tuple[int, int, int]:
+    """(width, height, bytes of image data) from the frame header, after checking that a scan
+    follows and ends (EOI)."""
     pos, size = 2, None
     while True:
         while pos < len(data) and data[pos] == 0xFF and pos + 1 < len(data) and data[pos + 1] == 0xFF:
@@ -75,20 +76,28 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         pos += 2 + length
     if size is None:
         raise ScanError("truncated", "the JPEG file has no frame header before its image data; re-export the scan")
-    coded = len(data) - pos
     if data.rfind(b"\xff\xd9") < pos:
         raise ScanError("truncated", "the JPEG image data is cut short (no end-of-image marker); copy the scan again")
-    if coded < size[0] * size[1] * MIN_JPEG_BYTES_PER_PIXEL:
-        raise ScanError("bad_pixels", f"the JPEG declares {size[0]}x{size[1]} pixels but holds {coded:,} bytes of image "
+    return size[0], size[1], len(data) - pos
+
+
+def check_jpeg_holds_image(width: int, height: int, coded: int) -> None:
+    """Refuse a JPEG with far too few bytes of image data for its declared size (see the floor)."""
+    if coded < width * height * MIN_JPEG_BYTES_PER_PIXEL:
+        raise ScanError("bad_pixels", f"the JPEG declares {width}x{height} pixels but holds {coded:,} bytes of image "
                                       "data, far too few for any image; it would decode flat gray. Re-export the scan")
-    return size
 
 
 def read_pillow(data: bytes, fmt: str, config: ScanConfig) -> np.ndarray:
     """A PNG or JPEG scan as a 2-D uint8 image at its own resolution."""
     name = fmt.upper()
-    width, height = png_size(data) if fmt == "png" else jpeg_size(data)
-    check_dimensions(width, height, 1, config, name)
+    if fmt == "png":
+        width, height = png_size(data)
+        check_dimensions(width, height, 1, config, name)
+    else:
+        width, height, coded = jpeg_size(data)
+        check_dimensions(width, height, 1, config, name)
+        check_jpeg_holds_image(width, height, coded)
     try:
         image = Image.open(BytesIO(data), formats=[name])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -97,11 +106,15 @@ def read_pillow(data: bytes, fmt: str, config: ScanConfig) -> np.ndarray:
     except ValueError as err:  # Pillow's guard on oversized text/ICC chunks: "Decompressed Data Too Large"
         raise ScanError("bad_header", f"the {name} file holds an oversized metadata chunk ({err}); re-export the scan "
                                       "without embedded text or colour profiles") from err
+    except MemoryError:  # past the limits, or a machine out of memory: not this file's fault
+        raise
     except Exception as err:  # the container walk passed, so a header Pillow cannot parse is corrupt
         raise ScanError("truncated", f"the {name} header is corrupt ({type(err).__name__}); re-export the scan") from err
     with image:
         try:
             image.load()
+        except MemoryError:  # past the limits, or a machine out of memory: not this file's fault
+            raise
         except Exception as err:  # OSError, SyntaxError, zlib.error, ValueError, struct.error, ...
             raise ScanError("truncated", f"the {name} pixel data is cut short or corrupt ({err}); "
                                          "re-export or copy the scan again") from err

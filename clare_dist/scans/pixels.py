@@ -37,7 +37,7 @@ def map_to_uint8(pixels: np.ndarray, transform: Transform, window: tuple[float, 
     """`transform` (element-wise: modality LUT, VOI) applied to every pixel, then scaled to 0..255
     by `window` (the transform's output range) or, without one, by the transformed image's
     min-max. `invert` makes MONOCHROME1 bone-bright."""
-    if pixels.dtype.kind in "ub" or (pixels.dtype.kind == "i" and pixels.dtype.itemsize <= 2):
+    if pixels.dtype.kind in "uib" and pixels.dtype.itemsize <= 2:
         return _through_lut(pixels, transform, window, invert)
     return _by_blocks(pixels, transform, window, invert)
 
