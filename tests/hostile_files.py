@@ -34,6 +34,8 @@ from pydicom.uid import (
 
 from scan_files import dicom_bytes, gradient, png_bytes
 
+from clare_dist.synth_dicom import TRANSFER_SYNTAXES, encode_dx
+
 
 @dataclass(frozen=True)
 class Hostile:
@@ -279,6 +281,8 @@ def corpus() -> list[Hostile]:
         Hostile("jpeg2000.dcm", compressed(stored_scan(), JPEG2000Lossless), "ok"),
         Hostile("rle.dcm", compressed(stored_scan(), RLELossless), "ok"),
     ]
+    entries += [Hostile(f"dx-{syntax}.dcm", encode_dx(stored_scan(), 12, "MONOCHROME1", syntax), "ok")
+                for syntax in TRANSFER_SYNTAXES]
     deflated = _dataset(stored_scan(), bits_stored=12)
     deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     entries.append(Hostile("deflate.dcm", _saved(deflated, enforce_file_format=True), "ok"))

@@ -155,3 +155,36 @@ def test_regressor_actors_leave_cpus_for_decoding():
     assert fitting_actor_cpus(two, 0) == 1.0  # autoscaling from zero: the autoscaler adds nodes
     with pytest.raises(ValueError, match="use fewer --workers"):
         fitting_actor_cpus(EmbedSettings(workers=8, task_cpus=0.5), 1.5)
+
+
+@pytest.mark.timeout(600)
+def test_hostile_files_cost_one_row_each_and_a_fifo_does_not_stop_the_job(tiny_archive, tiny_bundle, ray_session, tmp_path):
+    """The hostile corpus (tests/hostile_files.py) and what only a file system holds (FIFOs, a
+    socket, link loops, awkward names), mixed into good scans: the job finishes, every input is
+    one row with its outcome, and a rerun adds none."""
+    from hostile_files import corpus, scan_png, write_special_files
+
+    from jobs.embed import EmbedSettings, run_embed
+
+    archive = tmp_path / "archive"
+    good = sorted((tiny_archive / "archive" / "images").glob("*.png"))[:8]
+    expected = {}
+    for png in good:
+        (archive / "good").mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, archive / "good" / png.name)
+        expected[f"good/{png.name}"] = "ok"
+    for entry in corpus():
+        (archive / "corpus").mkdir(exist_ok=True)
+        (archive / "corpus" / entry.name).write_bytes(entry.data)
+        expected[f"corpus/{entry.name}"] = entry.outcome
+    special = write_special_files(archive / "special", scan_png())
+    expected |= {f"special/{name}": kind for name, kind in special.items()}
+
+    out = tmp_path / "out"
+    results = run_embed(tiny_bundle, archive, out, EmbedSettings(batch_size=8, task_cpus=0.25))
+    assert results["scan_id"].is_unique and sorted(results["scan_id"]) == sorted(expected)
+    got = {row.scan_id: "ok" if row.status == "ok" else row.error.split(": ", 1)[0] for row in results.itertuples()}
+    assert got == expected
+    assert results.loc[results["status"] == "error", "error"].str.len().gt(20).all()  # a reason, not only a kind
+    again = run_embed(tiny_bundle, archive, out, EmbedSettings(batch_size=8, task_cpus=0.25))
+    assert len(again) == len(results) == len(read_results(out))

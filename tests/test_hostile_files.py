@@ -21,8 +21,10 @@ from hostile_files import Hostile, corpus, scan_png, stored_scan, write_special_
 from scan_files import dicom_bytes, gradient
 
 from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError, preprocess_scan, read_scan
+from clare_dist.synth_dicom import TRANSFER_SYNTAXES
 
 CORPUS = corpus()
+LOSSY = {"jpeg-ls-near": (0.5, 1), "jpeg2000-lossy": (1.0, 12)}  # (mean, max) gray levels off
 
 
 def outcome(source, config: ScanConfig = ScanConfig()) -> str:
@@ -92,6 +94,24 @@ def by_name(name: str) -> bytes:
 def test_lossless_dicom_decodes_to_the_pixels_of_its_uncompressed_original(name: str) -> None:
     original = read_scan(by_name("good.dcm"))
     np.testing.assert_array_equal(read_scan(by_name(name)), original)
+
+
+LOSSLESS = [name for name in TRANSFER_SYNTAXES if name not in LOSSY]
+
+
+@pytest.mark.parametrize("syntax", LOSSLESS)
+def test_every_lossless_transfer_syntax_decodes_exactly(syntax: str) -> None:
+    np.testing.assert_array_equal(read_scan(by_name(f"dx-{syntax}.dcm")), read_scan(by_name("dx-explicit.dcm")))
+
+
+@pytest.mark.parametrize("syntax", sorted(LOSSY))
+def test_lossy_transfer_syntaxes_decode_within_their_tolerance(syntax: str) -> None:
+    # jpeg-ls-near: no stored value off by more than NEAR (2 of 4095) -> at most 1 gray level of 255;
+    # jpeg2000-lossy at ~50 dB PSNR: under one gray level on average, 12 at worst at the sharp edges
+    # of this test image (measured 0.60 and 10).
+    diff = np.abs(read_scan(by_name(f"dx-{syntax}.dcm")).astype(int) - read_scan(by_name("dx-explicit.dcm")))
+    mean, worst = LOSSY[syntax]
+    assert diff.mean() <= mean and diff.max() <= worst
 
 
 def test_float_signed_and_32_bit_pixels_are_min_max_scaled_exactly() -> None:

@@ -146,6 +146,21 @@ def test_bad_requests_get_a_json_reason(app_url, archive_images, name, body, con
     assert answer["model_version"] == response.headers["x-model-version"]
 
 
+def test_every_hostile_file_is_answered_200_or_422_with_its_kind(app_url):
+    """The hostile corpus (tests/hostile_files.py) as request bodies, to both scan routes: never a 5xx."""
+    from hostile_files import corpus
+
+    for entry in corpus():
+        for route in ("/v1/predict", "/v1/predict/plot"):
+            response = requests.post(f"{app_url}{route}", data=entry.data, timeout=60,
+                                     headers=AUTH | {"Content-Type": "application/octet-stream"})
+            if entry.outcome == "ok":
+                assert response.status_code == 200, (entry.name, route, response.text)
+            else:
+                assert response.status_code == 422, (entry.name, route, response.status_code, response.text)
+                assert response.json()["error"] == entry.outcome, (entry.name, route, response.text)
+
+
 def test_an_oversized_streamed_body_is_cut_off(app_url):
     def chunks():
         for _ in range(MAX_BODY_MB * 4 + 1):

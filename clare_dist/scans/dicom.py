@@ -53,9 +53,8 @@ def read_dicom(data: bytes, config: ScanConfig) -> np.ndarray:
     """A DICOM scan's first frame as a 2-D uint8 image at its own resolution."""
     ds = _parse(data, config)
     if not any(tag in ds for tag in PIXEL_TAGS):
-        sop_class = UID(str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or ""))
-        if not len(ds) or "Rows" in ds or "Image Storage" in sop_class.name:  # an image without its pixels
-            raise ScanError("truncated", "the DICOM file ends before its Pixel Data; it was cut short: copy it again")
+        if not len(ds):  # nothing after the file meta: cut short inside it
+            raise ScanError("truncated", "the DICOM file ends inside its header; it was cut short: copy it again")
         raise ScanError("no_pixel_data", "the DICOM file has no Pixel Data: it is not an image object (e.g. a structured "
                                          "report) or it was cut short; send the image instance of the study")
     layout = _pixel_layout(ds, config)
