@@ -241,9 +241,11 @@ def test_a_killed_regressor_replica_is_replaced(app_url, archive_images, request
     while answered is None and time.monotonic() < deadline:
         try:
             response = requests.post(f"{app_url}/v1/predict", data=archive_images[5].read_bytes(),
-                                     headers=AUTH | {"Content-Type": "image/png"}, timeout=60)
+                                     headers=AUTH | {"Content-Type": "image/png"}, timeout=20)
             answered = response.json() if response.status_code == 200 else None
-        except requests.ConnectionError:  # HAProxy closes connections while no ingress replica is up yet
+        # HAProxy closes connections while no ingress replica is up yet, and one sent to the
+        # killed replica as it went down is never answered: both are retried until the deadline
+        except (requests.ConnectionError, requests.Timeout):
             pass
         if answered is None:
             time.sleep(1)
