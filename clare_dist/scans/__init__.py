@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -50,20 +51,7 @@ def sniff_format(data: bytes) -> str:
 
 def read_scan(source: ScanSource, config: ScanConfig = ScanConfig()) -> np.ndarray:
     """Decode a scan to a 2-D uint8 array at the file's own resolution, or raise ScanError."""
-    try:
-        image = _read(source, config)
-    except ScanError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the contract: any failure costs this scan only
-        # The traceback without the exception's message, which may quote header values.
-        log.error("unexpected %s while decoding a scan; it is recorded as kind 'internal':\n%s",
-                  type(err).__name__, "".join(traceback.format_tb(err.__traceback__)))
-        raise ScanError("internal", f"decoding failed unexpectedly ({type(err).__name__}); the traceback is in the "
-                                    "service's log: report it to the clare-dist maintainers with the scan") from err
-    if image.size and image.min() == image.max():
-        raise ScanError("bad_pixels", f"the scan decodes to one flat gray level ({int(image[0, 0])}) in every pixel: "
-                                      "there is nothing to screen; check the export that produced it")
-    return image
+    return _guarded(_read, source, config)
 
 
 def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
@@ -77,7 +65,21 @@ def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess_scan(source: ScanSource, config: ScanConfig = ScanConfig()) -> np.ndarray:
     """Decode a scan and resize it to the model's square input (config.size), as uint8."""
-    return resize_gray(read_scan(source, config), config.size)
+    return _guarded(lambda s, c: resize_gray(_read(s, c), c.size), source, config)
+
+
+def _guarded(work: Callable[[ScanSource, ScanConfig], np.ndarray], source: ScanSource, config: ScanConfig) -> np.ndarray:
+    """The contract: whatever goes wrong in `work` on this scan is a ScanError for it alone."""
+    try:
+        return work(source, config)
+    except ScanError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure costs this scan only
+        # The traceback without the exception's message, which may quote header values.
+        log.error("unexpected %s while decoding a scan; it is recorded as kind 'internal':\n%s",
+                  type(err).__name__, "".join(traceback.format_tb(err.__traceback__)))
+        raise ScanError("internal", f"decoding failed unexpectedly ({type(err).__name__}); the traceback is in the "
+                                    "service's log: report it to the clare-dist maintainers with the scan") from err
 
 
 def _read(source: ScanSource, config: ScanConfig) -> np.ndarray:
@@ -89,6 +91,9 @@ def _read(source: ScanSource, config: ScanConfig) -> np.ndarray:
         raise ScanError("not_an_image", f"the content is {_describe(data)}, not a PNG, JPEG or DICOM scan; send the image "
                                         "file itself (convert other image formats to PNG)")
     image = read_dicom(data, config) if fmt == "dicom" else read_pillow(data, fmt, config)
+    if image.size and image.min() == image.max():
+        raise ScanError("bad_pixels", f"the scan decodes to one flat gray level ({int(image.flat[0])}) in every pixel: "
+                                      "there is nothing to screen; check the export that produced it")
     log.debug("decoded a %s scan of %dx%d pixels", fmt, image.shape[1], image.shape[0])
     return image
 
