@@ -33,6 +33,7 @@ from pydicom.uid import (
     UncompressedTransferSyntaxes,
 )
 
+from clare_dist.scans import jpeg12
 from clare_dist.scans.errors import ScanConfig, ScanError, check_dimensions
 from clare_dist.scans.pillow import check_jpeg_holds_image, jpeg_size
 from clare_dist.scans.pixels import map_to_uint8
@@ -40,9 +41,10 @@ from clare_dist.scans.pixels import map_to_uint8
 # Reading an invalid value (text in an IS) would warn and log it, and any value may be patient
 # data: values are checked where they are used, and nothing is echoed.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+jpeg12.register()
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
+_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # an encapsulated fragment's item tag, little endian
 _INFLATE_CHUNK = 1 << 20
 # What decodes a syntax when its plugin is missing (pydicom names its own plugins' packages).
@@ -62,7 +64,8 @@ def read_dicom(data: bytes, config: ScanConfig) -> np.ndarray:
     _check_decodable(syntax)
     _check_pixel_data(ds, syntax, layout)
     try:
-        pixels = pixel_array(ds, index=0)  # a multi-frame scan is screened by its first frame
+        # a multi-frame scan is screened by its first frame
+        pixels = pixel_array(ds, index=0, decoding_plugin=jpeg12.plugin_for(syntax, layout["bits_stored"]))
     except MemoryError:  # past the limits, or a machine out of memory: not this file's fault
         raise
     except Exception as err:  # each decoder plugin raises its own types on bad data
@@ -80,7 +83,7 @@ def looks_like_dicom_without_preamble(data: bytes) -> bool:
     forced parsing of anything else is skipped, and a parse only counts if it finds image or
     SOP attributes, so text that happens to parse as tags is not taken for DICOM.
     """
-    if data[:2] not in (b"\x02\x00", b"\x08\x00"):
+    if data[:2] not in (b"\x02\x00", b"\x08\x00", b"\x00\x08"):  # the last: big endian (retired, still found)
         return False
     try:
         ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
@@ -160,13 +163,14 @@ def _pixel_layout(ds: Dataset, config: ScanConfig) -> dict:
     if allocated not in allowed:
         raise ScanError("unsupported", f"DICOM bits allocated {allocated} is not supported for {photometric}; "
                                        "re-export as 8- or 16-bit grayscale")
+    stored = allocated
     if "PixelData" in ds:
-        _header_int(ds, "BitsStored", 1, allocated)
+        stored = _header_int(ds, "BitsStored", 1, allocated)
         _header_int(ds, "PixelRepresentation", 0, 1, default=0)
         if samples == 3:
             _header_int(ds, "PlanarConfiguration", 0, 1, default=0)
     return {"rows": rows, "columns": columns, "frames": frames, "samples": samples, "bits": allocated,
-            "photometric": photometric}
+            "bits_stored": stored, "photometric": photometric}
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -201,7 +205,9 @@ def _check_pixel_data(ds: Dataset, syntax: UID, layout: dict) -> None:
     if not native and not encapsulated:
         raise ScanError("bad_pixels", f"the DICOM transfer syntax {syntax.name} says compressed but the pixel data is not "
                                       "encapsulated; the file was written wrongly: re-export it")
-    frame_pixels = layout["rows"] * layout["columns"] * layout["samples"]
+    # YBR_FULL_422 stores two chroma samples per two pixels: 2 values a pixel, not 3
+    samples = 2 if layout["photometric"] == "YBR_FULL_422" else layout["samples"]
+    frame_pixels = layout["rows"] * layout["columns"] * samples
     if native:
         expected = -(-frame_pixels * layout["bits"] // 8)  # of the first frame, the one decoded
         if len(value) < expected:
