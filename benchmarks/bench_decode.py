@@ -30,12 +30,15 @@ from clare_dist.scans import ScanConfig, preprocess_scan
 from clare_dist.synth_dicom import TRANSFER_SYNTAXES, encode_dx
 
 PEAK_PROBE = textwrap.dedent("""
-    import resource, sys
+    import re, sys
     from clare_dist.scans import preprocess_scan
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def high_water():  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over exec)
+        return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+
+    before = high_water()
     preprocess_scan(sys.argv[1])
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(before * 1024, after * 1024)
+    print(before, high_water())
 """)
 
 
