@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -21,27 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clare_dist.dataset import IMAGE_SUFFIXES
-from clare_dist.labels import CLASSES
+from clare_dist.encode.parquet_row import ROW_SCHEMA, to_table
+from clare_dist.result import STATUS_ERROR, STATUS_OK, Screening
 from clare_dist.rules import References
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
-from clare_dist.screening import classify, explain, similar
+from clare_dist.screening import screen_points
 
 log = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
-STATUS_OK = "ok"
-STATUS_ERROR = "error"
-
-SIMILAR_CASE = pa.struct([("case_id", pa.string()), ("combination", pa.string()), ("distance", pa.float32())])
-RESULT_SCHEMA = pa.schema([
-    ("scan_id", pa.string()), ("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
-    ("x", pa.float32()), ("y", pa.float32()),
-    ("top3", pa.list_(pa.string())), ("top3_distances", pa.list_(pa.float32())),
-    ("combination", pa.string()), *[(code, pa.int8()) for code in CLASSES],
-    ("explanation", pa.string()), ("similar_cases", pa.list_(SIMILAR_CASE)), ("similar_note", pa.string()),
-    ("model_version", pa.string()),
-])
-RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 
 
 @dataclass(frozen=True)
@@ -99,57 +87,40 @@ def read_results(out_dir: str | os.PathLike) -> pd.DataFrame:
     """All result rows of an embed output directory, one per scan, sorted by scan id."""
     parts = sorted((Path(out_dir) / RESULTS_DIR).glob("*.parquet"))
     if not parts:
-        return RESULT_SCHEMA.empty_table().to_pandas()
-    table = pa.concat_tables([pq.read_table(p, schema=RESULT_SCHEMA) for p in parts])
+        return ROW_SCHEMA.empty_table().to_pandas()
+    table = pa.concat_tables([pq.read_table(p, schema=ROW_SCHEMA) for p in parts])
     return table.to_pandas().sort_values("scan_id", ignore_index=True)
 
 
 def decode_batch(batch: dict[str, np.ndarray], config: ScanConfig) -> dict[str, np.ndarray]:
-    """Stage 1 (CPU tasks): files → uint8 scans; a bad file becomes status=error with its reason."""
+    """Stage 1 (CPU tasks): files → uint8 scans; a bad file becomes status=error with its kind and reason."""
     n = len(batch["path"])
     scans = np.zeros((n, config.size, config.size), dtype=np.uint8)
     status = np.full(n, STATUS_OK, dtype=object)
-    errors = np.full(n, None, dtype=object)
+    kinds, reasons = np.full(n, None, dtype=object), np.full(n, None, dtype=object)
     for i, path in enumerate(batch["path"]):
         try:
             scans[i] = preprocess_scan(str(path), config)
         except ScanError as exc:
-            status[i], errors[i] = STATUS_ERROR, f"{exc.kind}: {exc}"
-    return {"scan_id": batch["scan_id"], "path": batch["path"], "status": status, "error": errors, "scan": scans}
+            status[i], kinds[i], reasons[i] = STATUS_ERROR, exc.kind, exc.message
+    return {"scan_id": batch["scan_id"], "path": batch["path"], "status": status, "error_kind": kinds,
+            "error_reason": reasons, "scan": scans}
 
 
-def finish_batch(batch: pd.DataFrame, references: References, model_version: str, index=None, k: int = 9) -> pd.DataFrame:
-    """Stage 3 (CPU tasks): coordinates → R4 decision, top 3, explanation, similar cases.
+def finish_batch(batch: pd.DataFrame, references: References, model_version: str, index=None, k: int = 9) -> pa.Table:
+    """Stage 3 (CPU tasks): coordinates → Screenings (R4 decision, top 3, explanation, similar
+    cases; the failed scans as they came) → their Parquet rows.
 
     The same stage functions as one scan through `clare-dist predict` or the API.
     """
     ok = (batch["status"] == STATUS_OK).to_numpy()
-    # Nulls change type on their way through Arrow and numpy batches; rebuild them here.
-    errors = [str(e) for e in batch["error"][~ok]]
-    out = pd.DataFrame({"scan_id": batch["scan_id"].astype(str), "path": batch["path"].astype(str),
-                        "status": np.where(ok, STATUS_OK, STATUS_ERROR), "error": _spread(~ok, errors)})
-    coords = batch[["x", "y"]].to_numpy(dtype=np.float64)
-    for column in ("x", "y"):
-        out[column] = np.where(ok, batch[column].to_numpy(dtype=np.float32), np.nan).astype(np.float32)
-    rules = classify(coords[ok], references)
-    decisions = list(rules.decision)
-    found = similar(index, coords[ok], decisions, k)
-    out["top3"] = _spread(ok, [list(t) for t in rules.top3])
-    out["top3_distances"] = _spread(ok, [list(map(float, d)) for d in rules.distances])
-    out["combination"] = _spread(ok, decisions)
-    for j, code in enumerate(CLASSES):
-        out[code] = pd.array(_spread(ok, rules.bits["r4"][:, j].tolist()), dtype="Int8")
-    out["explanation"] = _spread(ok, explain(rules))
-    out["similar_cases"] = _spread(ok, [[asdict(case) for case in cases] for cases in found.cases])
-    out["similar_note"] = _spread(ok, found.notes)
-    out["model_version"] = model_version
-    return out[list(RESULT_COLUMNS)]
-
-
-def _spread(mask: np.ndarray, values: Sequence) -> list:
-    """Values for the rows where `mask` is set, None elsewhere."""
-    it = iter(values)
-    return [next(it) if m else None for m in mask]
+    ids = batch["scan_id"].astype(str).tolist()
+    coords = batch[["x", "y"]].to_numpy(dtype=np.float64)[ok]
+    screened = iter(screen_points(coords, [i for i, good in zip(ids, ok) if good], references, index, model_version, k))
+    screenings = [next(screened) if good else
+                  Screening.failed(scan_id, str(kind), str(reason), model_version)
+                  for scan_id, good, kind, reason in zip(ids, ok, batch["error_kind"], batch["error_reason"])]
+    return to_table(screenings, batch["path"].astype(str))
 
 
 def inputs_table(inputs: Iterable[ScanInput]) -> pd.DataFrame:

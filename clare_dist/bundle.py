@@ -32,6 +32,7 @@ from clare_dist import __version__
 from clare_dist.export import INPUT_NAME, OUTPUT_NAME
 from clare_dist.models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
 from clare_dist.references import REFERENCES_FILE, load_references
+from clare_dist.result import INTENDED_USE
 from clare_dist.rules import References
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 REGRESSOR_FILE = "regressor.onnx"
 INDEX_DIR = "index"  # the case index of known cases (clare_dist.case_index), when built
-INTENDED_USE = "screening aid for research; not a certified medical device"
 MODEL_VERSION_PREFIX = "m-"
 REQUIRED_KEYS: tuple[str, ...] = (
     "bundle_format_version",

@@ -279,7 +279,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from clare_dist.bundle import load_bundle
     from clare_dist.plots import save_figure
-    from clare_dist.screening import Screener, Screening, figure_paths
+    from clare_dist.encode.text import summary
+    from clare_dist.screening import Screener, figure_paths
 
     if args.k <= 0:
         raise SystemExit(f"--k takes a positive number of similar cases; got {args.k}")
@@ -287,14 +288,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = screener.screen_many(args.scans, k=args.k)
     plots = figure_paths(args.plot, [r.scan_id for r in results]) if args.plot else [None] * len(results)
     for scan, result, plot in zip(args.scans, results, plots):
-        if not isinstance(result, Screening):
-            print(f"clare-dist predict: {result.scan_id}: {result.kind}: {result.reason}", file=sys.stderr)
+        if not result.ok:
+            print(f"clare-dist predict: {result.scan_id}: {result.error_kind}: {result.error_reason}", file=sys.stderr)
             continue
-        print(json.dumps(result.to_dict()) if args.json else result.summary())
+        print(json.dumps(result.to_dict()) if args.json else summary(result))
         if plot is not None:
             save_figure(screener.figure(result, scan, args.images), plot)
             log.info("wrote %s", plot)
-    return 1 if any(not isinstance(r, Screening) for r in results) else 0
+    return 1 if any(not r.ok for r in results) else 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from clare_dist.labels import CLASSES, COMBINATION_INDEX, NO_FINDING
 from clare_dist.rules import References
 
 if TYPE_CHECKING:
-    from clare_dist.screening import Screening
+    from clare_dist.result import Screening
 
 # One colour per single class and No Finding; multi-label references are black crosses.
 REFERENCE_COLOURS: dict[str, str] = {

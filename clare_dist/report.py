@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import pandas as pd
 
-from clare_dist.batch import STATUS_ERROR, STATUS_OK
-from clare_dist.bundle import INTENDED_USE, Bundle
-from clare_dist.labels import CLASSES, COMBINATION_INDEX
+from clare_dist.bundle import Bundle
+from clare_dist.encode.parquet_row import from_row
+from clare_dist.result import INTENDED_USE, STATUS_ERROR, STATUS_OK, Screening
+from clare_dist.labels import COMBINATION_INDEX
 from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError
-from clare_dist.screening import THUMBNAIL_SIZE, Screening, SimilarCase, case_images, decode
+from clare_dist.screening import THUMBNAIL_SIZE, case_images, decode
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -150,7 +151,8 @@ def _failures(errors: pd.DataFrame) -> str:
     html = "<h2>Failed scans</h2>\n"
     if errors.empty:
         return html + "<p>No scan failed.</p>\n"
-    kinds, reasons = zip(*(_split_error(text) for text in errors["error"]))
+    failed = [row_screening(row) for _, row in errors.iterrows()]
+    kinds, reasons = [s.error_kind for s in failed], [s.error_reason for s in failed]
     by_kind = pd.Series(kinds).value_counts()
     html += '<table id="failure-kinds">\n<thead><tr><th>Kind</th><th>Scans</th></tr></thead>\n<tbody>\n'
     html += "".join(f'<tr><td>{escape(kind)}</td><td class="n">{n:,}</td></tr>\n' for kind, n in by_kind.items())
@@ -178,7 +180,7 @@ def _explained(ok: pd.DataFrame, bundle: Bundle, index: CaseIndex | None, images
     html += (f"<p>{len(chosen)} of {len(ok):,} screened scans, chosen at random (seed {seed}) "
              "with as many different predicted combinations as possible.</p>\n")
     for _, row in chosen.iterrows():
-        screening = screening_from_row(row)
+        screening = row_screening(row)
         notes = [screening.similar_note] if screening.similar_note else []
         try:
             scan = decode(str(row["path"]), ScanConfig(size=THUMBNAIL_SIZE))
@@ -215,29 +217,9 @@ def choose_sample(ok: pd.DataFrame, sample: int, seed: int) -> pd.DataFrame:
     return shuffled.iloc[order[:sample]]
 
 
-def screening_from_row(row: Mapping[str, Any]) -> Screening:
-    """A results row (`batch.RESULT_SCHEMA`, status ok) as the Screening it was made from."""
-    cases = row["similar_cases"] if row["similar_cases"] is not None else []
-    note = row["similar_note"]
-    return Screening(
-        scan_id=str(row["scan_id"]),
-        x=float(row["x"]),
-        y=float(row["y"]),
-        top3=[str(name) for name in row["top3"]],
-        top3_distances=[float(d) for d in row["top3_distances"]],
-        combination=str(row["combination"]),
-        **{code: int(row[code]) for code in CLASSES},
-        explanation=str(row["explanation"]),
-        similar_cases=[SimilarCase(str(c["case_id"]), str(c["combination"]), float(c["distance"])) for c in cases],
-        similar_note=None if note is None or pd.isna(note) else str(note),
-        model_version=str(row["model_version"]),
-    )
-
-
-def _split_error(text: Any) -> tuple[str, str]:
-    """(kind, reason) of an error cell, written by `batch.decode_batch` as "kind: reason"."""
-    kind, sep, reason = str(text).partition(": ")
-    return (kind, reason) if sep and kind in SCAN_ERROR_KINDS else ("other", str(text))
+def row_screening(row: Mapping[str, Any]) -> Screening:
+    """A results row as the Screening it was written from."""
+    return from_row(row, SCAN_ERROR_KINDS)
 
 
 def _combination_order(name: str) -> tuple[int, str]:

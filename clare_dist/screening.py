@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from clare_dist.bundle import INTENDED_USE, Bundle
+from clare_dist.bundle import Bundle
 from clare_dist.explanation import explanation
 from clare_dist.export import open_session, run_regressor
 from clare_dist.labels import CLASSES, COMBINATION_INDEX
+from clare_dist.result import INTENDED_USE, Screening, SimilarCase
 from clare_dist.rules import References, RuleResult, apply_rules
 from clare_dist.scans import ScanConfig, ScanError, ScanSource, preprocess_scan
 
@@ -38,64 +39,6 @@ log = logging.getLogger(__name__)
 DEFAULT_K = 9
 NO_INDEX_NOTE = "no case index in this bundle; build one with `clare-dist embed --labels ... --build-index`"
 THUMBNAIL_SIZE = 160
-
-
-@dataclass(frozen=True)
-class SimilarCase:
-    """A known case whose ground truth is the decision, `distance` from the scan's point."""
-
-    case_id: str
-    combination: str
-    distance: float
-
-
-@dataclass(frozen=True)
-class Screening:
-    """Everything said about one scan: its point, the R4 decision, why, and similar known cases."""
-
-    scan_id: str
-    x: float
-    y: float
-    top3: list[str]
-    top3_distances: list[float]
-    combination: str
-    Ca: int
-    Pa: int
-    Pn: int
-    Pl: int
-    Ot: int
-    explanation: str
-    similar_cases: list[SimilarCase]
-    similar_note: str | None
-    model_version: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain Python types only, so `json.dumps` and Parquet writers take it as it is."""
-        return asdict(self)
-
-    def summary(self) -> str:
-        """The screening as lines of text for a terminal or a log-free report."""
-        top3 = ", ".join(f"{name} ({d:.3f})" for name, d in zip(self.top3, self.top3_distances))
-        lines = [f"{self.scan_id}: {self.combination}", f"  top 3 (distance): {top3}", f"  {self.explanation}"]
-        if self.similar_cases:
-            lines.append(f"  similar cases ({self.combination}, nearest first):")
-            lines += [f"    {c.case_id}  {c.combination}  {c.distance:.4f}" for c in self.similar_cases]
-        if self.similar_note:
-            lines.append(f"  note: {self.similar_note}")
-        lines.append(f"  model {self.model_version}; {INTENDED_USE}")
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class ScanFailure:
-    """A scan that could not be screened; `kind` is a `scans.SCAN_ERROR_KINDS` value."""
-
-    scan_id: str
-    kind: str
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -271,10 +214,10 @@ class Screener:
         return self.screen_decoded(np.stack(scans) if scans else self._no_scans(), ids, k)
 
     def screen_many(self, sources: Sequence[ScanSource], scan_ids: Sequence[str] | None = None,
-                    k: int = DEFAULT_K) -> list[Screening | ScanFailure]:
-        """Like `screen`, but a bad scan becomes a ScanFailure in its place and the others go on."""
+                    k: int = DEFAULT_K) -> list[Screening]:
+        """Like `screen`, but a bad scan becomes a failed Screening in its place and the others go on."""
         ids = _scan_ids(sources, scan_ids)
-        results: list[Screening | ScanFailure | None] = [None] * len(ids)
+        results: list[Screening | None] = [None] * len(ids)
         good: list[int] = []
         scans: list[np.ndarray] = []
         for i, (source, scan_id) in enumerate(zip(sources, ids)):
@@ -283,7 +226,7 @@ class Screener:
                 good.append(i)
             except ScanError as err:
                 log.debug("scan %s not screened (%s): %s", scan_id, err.kind, err.message)  # the caller reports it
-                results[i] = ScanFailure(scan_id, err.kind, err.message)
+                results[i] = Screening.failed(scan_id, err.kind, err.message, self.bundle.model_version)
         decoded = np.stack(scans) if scans else self._no_scans()
         for i, screening in zip(good, self.screen_decoded(decoded, [ids[i] for i in good], k)):
             results[i] = screening

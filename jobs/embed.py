@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray
 
 from clare_dist.batch import (
@@ -59,7 +60,8 @@ class Regressor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         coords = run_regressor(self.session, batch["scan"], batch_size=len(batch["scan"]))
-        return {key: batch[key] for key in ("scan_id", "path", "status", "error")} | {"x": coords[:, 0], "y": coords[:, 1]}
+        passed = ("scan_id", "path", "status", "error_kind", "error_reason")
+        return {key: batch[key] for key in passed} | {"x": coords[:, 0], "y": coords[:, 1]}
 
 
 @lru_cache(maxsize=2)
@@ -73,7 +75,7 @@ def _bundle_for_task(bundle_path: str, manifest_stamp: str):
     return bundle, bundled_index(bundle)
 
 
-def _finish(batch: pd.DataFrame, bundle_path: str, manifest_stamp: str, k: int) -> pd.DataFrame:
+def _finish(batch: pd.DataFrame, bundle_path: str, manifest_stamp: str, k: int) -> pa.Table:
     bundle, index = _bundle_for_task(bundle_path, manifest_stamp)
     return finish_batch(batch, bundle.references, bundle.model_version, index=index, k=k)
 

@@ -31,10 +31,12 @@ from ray.util import metrics
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 
-from clare_dist.bundle import INTENDED_USE, load_bundle
+from clare_dist.bundle import load_bundle
 from clare_dist.scan_workers import ScanWorkers
 from clare_dist.scans import ScanConfig, ScanError
-from clare_dist.screening import DEFAULT_K, ScanFailure
+from clare_dist.encode.api_json import api_answer
+from clare_dist.result import INTENDED_USE, Screening
+from clare_dist.screening import DEFAULT_K
 from serve.stages import CaseLookup, DecodedScan, Preprocessor, Regressed, RegressorSettings
 
 log = logging.getLogger("ray.serve")
@@ -145,6 +147,12 @@ async def _multipart_scan(headers: Headers, body: bytes) -> bytes:
     return await files[0].read()
 
 
+def _refuse_failed(outcome: object) -> None:
+    """A scan that could not be screened is answered 422 with its kind and reason."""
+    if isinstance(outcome, Screening) and not outcome.ok:
+        raise APIError(422, outcome.error_kind, outcome.error_reason)
+
+
 def _too_large(size: int, limit: int) -> APIError:
     return APIError(413, "payload_too_large", f"the body is {size:,} bytes or more; the limit is {limit:,} bytes")
 
@@ -234,20 +242,18 @@ class ClareAPI:
             outcome = self.cases.screen(await self._screen_here(body), rid, k)
         elif self.in_ingress:
             decoded = await self._here(self.decoder, body, rid)
-            if isinstance(decoded, ScanFailure):
-                raise APIError(422, decoded.kind, decoded.reason)
+            _refuse_failed(decoded)
             outcome = self.cases.screen(await self._regress(decoded), rid, k)
         else:
             # The stages are chained: each gets the previous one's result straight from it, and the
-            # ingress waits once, for the end of the chain (a bad scan travels it as a ScanFailure).
+            # ingress waits once, for the end of the chain (a bad scan travels it as a failed Screening).
             regressed = self.regressor.remote(self.preprocessor.remote(body, rid))
             outcome = await self._shed_overload(self.lookup.screen.remote(regressed, rid, k))
-        if isinstance(outcome, ScanFailure):
-            raise APIError(422, outcome.kind, outcome.reason)
         screening, seconds = outcome
+        _refuse_failed(screening)
         seconds["chain"] = time.perf_counter() - start
         self._observe(seconds)
-        return JSONResponse(self._answer(request, screening), headers=_server_timing(seconds))
+        return JSONResponse(api_answer(screening, rid), headers=_server_timing(seconds))
 
     @api.post("/v1/predict/plot", summary="The same screening as a PNG: reference space and similar cases",
               response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -259,8 +265,7 @@ class ClareAPI:
             decoded = await self._here(self.decoder, body, rid, True)
         else:
             decoded = await self._shed_overload(self.preprocessor.remote(body, rid, True))
-        if isinstance(decoded, ScanFailure):
-            raise APIError(422, decoded.kind, decoded.reason)
+        _refuse_failed(decoded)
         regressed = await self._regress(decoded)
         self._observe(regressed.seconds)
         if self.in_ingress:
@@ -315,20 +320,6 @@ class ClareAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
             raise APIError(401, "unauthorized", "send 'Authorization: Bearer <token>' with this server's API token",
                            headers={"WWW-Authenticate": "Bearer"})
-
-    def _answer(self, request: Request, screening: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "request_id": request_id(request),
-            "model_version": screening["model_version"],
-            "decision": screening["combination"],
-            "classes": {code: screening[code] for code in ("Ca", "Pa", "Pn", "Pl", "Ot")},
-            "top3": [{"combination": name, "distance": d} for name, d in zip(screening["top3"], screening["top3_distances"])],
-            "coordinates": {"x": screening["x"], "y": screening["y"]},
-            "explanation": screening["explanation"],
-            "similar_cases": screening["similar_cases"],
-            "similar_note": screening["similar_note"],
-            "intended_use": INTENDED_USE,
-        }
 
     def _observe(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():

@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from clare_dist.bundle import INTENDED_USE, load_bundle
+from clare_dist.bundle import load_bundle
+from clare_dist.result import INTENDED_USE, Screening
 from clare_dist.export import open_session
 from clare_dist.screening import (
     THUMBNAIL_SIZE,
-    ScanFailure,
     bundled_index,
     case_images,
     case_thumbnail,
@@ -57,7 +57,7 @@ class Regressed:
 
 @serve.deployment(name="Preprocessor", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
 class Preprocessor:
-    """Decode, validate and resize one scan. A bad scan becomes a ScanFailure that the next
+    """Decode, validate and resize one scan. A bad scan becomes a failed Screening that the next
     stages pass on untouched, so the ingress answers 422 with the reason from the chain's end."""
 
     def __init__(self, bundle: str, limits: ScanConfig = ScanConfig()) -> None:
@@ -65,13 +65,13 @@ class Preprocessor:
         self.config = limits.sized(manifest.image_size)
         self.model_version = manifest.model_version
 
-    def __call__(self, body: bytes, scan_id: str, thumbnail: bool = False) -> DecodedScan | ScanFailure:
+    def __call__(self, body: bytes, scan_id: str, thumbnail: bool = False) -> DecodedScan | Screening:
         start = time.perf_counter()
         try:
             scan = decode(body, self.config)
             small = decode(body, self.config.sized(THUMBNAIL_SIZE)) if thumbnail else None
         except ScanError as err:
-            return ScanFailure(scan_id, err.kind, err.message)
+            return Screening.failed(scan_id, err.kind, err.message, self.model_version)
         return DecodedScan(scan, small, {"decode": time.perf_counter() - start})
 
     def ready(self) -> str:
@@ -113,8 +113,8 @@ class Regressor:
         coords = await asyncio.to_thread(regress, self.session, np.stack(scans), len(scans))
         return list(coords)
 
-    async def __call__(self, decoded: DecodedScan | ScanFailure) -> Regressed | ScanFailure:
-        if isinstance(decoded, ScanFailure):
+    async def __call__(self, decoded: DecodedScan | Screening) -> Regressed | Screening:
+        if isinstance(decoded, Screening):
             return decoded
         start = time.perf_counter()
         coords = await self.predict(decoded.scan)
@@ -135,12 +135,12 @@ class CaseLookup:
         self.index = bundled_index(loaded)
         self.images_root = images_root
 
-    def screen(self, regressed: Regressed | ScanFailure, scan_id: str, k: int) -> tuple[dict, dict[str, float]] | ScanFailure:
-        """(the screening, seconds per stage) — or the ScanFailure an earlier stage passed on."""
-        if isinstance(regressed, ScanFailure):
-            return regressed
+    def screen(self, regressed: Regressed | Screening, scan_id: str, k: int) -> tuple[Screening, dict[str, float]]:
+        """(the screening, seconds per stage) — a failed one as an earlier stage passed it on."""
+        if isinstance(regressed, Screening):
+            return regressed, {}
         start = time.perf_counter()
-        screening = self._screening(regressed.coords, scan_id, k).to_dict()
+        screening = self._screening(regressed.coords, scan_id, k)
         return screening, regressed.seconds | {"lookup": time.perf_counter() - start}
 
     def plot(self, coords: np.ndarray, scan_id: str, k: int, thumbnail: np.ndarray) -> bytes:

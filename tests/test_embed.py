@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from scan_files import dicom_bytes, gradient, png_bytes, png_with_header_size
 
-from clare_dist.batch import RESULT_COLUMNS, list_archive, read_results
+from clare_dist.batch import list_archive, read_results
+from clare_dist.encode.parquet_row import ROW_COLUMNS
 from clare_dist.bundle import load_bundle
 from clare_dist.labels import CLASSES, combination_name
 
@@ -91,7 +92,7 @@ def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bun
     inputs = list_archive(mixed_archive)
     assert len(inputs) == 24 + 6 + len(BAD_FILES)  # hidden files are not scans
     results = run_embed(tiny_bundle, mixed_archive, tmp_path, EmbedSettings(batch_size=8, task_cpus=0.25))
-    assert list(results.columns) == list(RESULT_COLUMNS)
+    assert list(results.columns) == list(ROW_COLUMNS)
     assert sorted(results["scan_id"]) == sorted(s.scan_id for s in inputs)
     by_name = results.assign(name=results["scan_id"].str.rsplit("/", n=1).str[-1]).set_index("name")
     for name, kind in BAD_FILES.items():

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from clare_dist import report
 from clare_dist.batch import (
-    RESULT_SCHEMA,
     RESULTS_DIR,
     decode_batch,
     finish_batch,
@@ -30,7 +28,8 @@ from clare_dist.batch import (
     list_archive,
     read_results,
 )
-from clare_dist.bundle import INTENDED_USE, Bundle, load_bundle
+from clare_dist.bundle import Bundle, load_bundle
+from clare_dist.result import INTENDED_USE
 from clare_dist.labels import COMBINATIONS
 from clare_dist.report import choose_sample, write_report
 from clare_dist.scans import ScanConfig
@@ -125,14 +124,13 @@ def screen_archive(archive: Path, bundle: Bundle, out: Path, index=None) -> pd.D
     """The batch stages without Ray, written as a Parquet part and read back as the job does."""
     inputs = inputs_table(list_archive(archive))
     decoded = decode_batch({column: inputs[column].to_numpy() for column in inputs}, ScanConfig(size=bundle.image_size))
-    batch = pd.DataFrame({column: decoded[column] for column in ("scan_id", "path", "status", "error")})
+    batch = pd.DataFrame({column: decoded[column] for column in ("scan_id", "path", "status", "error_kind", "error_reason")})
     refs = bundle.references.coords
     batch["x"] = [refs[i % len(refs), 0] + 0.01 for i in range(len(batch))]
     batch["y"] = [refs[i % len(refs), 1] - 0.01 for i in range(len(batch))]
     rows = finish_batch(batch, bundle.references, bundle.model_version, index=index, k=4)
     (out / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(rows, schema=RESULT_SCHEMA, preserve_index=False),
-                   out / RESULTS_DIR / "part-0.parquet")
+    pq.write_table(rows, out / RESULTS_DIR / "part-0.parquet")
     return read_results(out)
 
 

@@ -19,14 +19,8 @@ from clare_dist.labels import CLASSES, COMBINATIONS, combination_vector
 from clare_dist.models import ModelConfig, build_model
 from clare_dist.rules import References, apply_rules
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
-from clare_dist.screening import (
-    NO_INDEX_NOTE,
-    ScanFailure,
-    Screener,
-    Screening,
-    figure_paths,
-    similar,
-)
+from clare_dist.result import Screening
+from clare_dist.screening import NO_INDEX_NOTE, Screener, figure_paths, similar
 
 SIZE = 48
 SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr14-sample" / "images"
@@ -106,6 +100,7 @@ def test_one_scan_equals_the_stages_composed_by_hand(screener, bundle, scan_file
     assert got.model_version == bundle.model_version
     assert got.similar_cases == [] and got.similar_note == NO_INDEX_NOTE  # this bundle has no index
     assert json.loads(json.dumps(got.to_dict())) == got.to_dict()
+    assert Screening.from_dict(json.loads(json.dumps(got.to_dict()))) == got
 
 
 def test_a_batch_equals_one_scan_at_a_time(screener, scan_files):
@@ -124,10 +119,11 @@ def test_a_bad_scan_is_set_aside_and_the_others_are_screened(screener, scan_file
     text.write_text("not a scan\n")
     sources = [scan_files[0], empty, scan_files[1], text]
     results = screener.screen_many(sources, scan_ids=["a", "b", "c", "d"])
-    assert [type(r) for r in results] == [Screening, ScanFailure, Screening, ScanFailure]
-    assert (results[1].scan_id, results[1].kind) == ("b", "empty")
-    assert (results[3].scan_id, results[3].kind) == ("d", "not_an_image")
-    assert "not a PNG, JPEG or DICOM" in results[3].reason
+    assert [r.status for r in results] == ["ok", "error", "ok", "error"]
+    assert (results[1].scan_id, results[1].error_kind) == ("b", "empty")
+    assert (results[3].scan_id, results[3].error_kind) == ("d", "not_an_image")
+    assert "not a PNG, JPEG or DICOM" in results[3].error_reason
+    assert results[1].combination is None and results[1].top3 == []
     good = screener.screen([scan_files[0], scan_files[1]], scan_ids=["a", "c"])
     assert [results[0], results[2]] == good
     with pytest.raises(ScanError) as err:

@@ -118,6 +118,76 @@ def test_png_answer_equals_clare_dist_predict(app_url, indexed_tiny_bundle, arch
     assert {stage.split(";")[0] for stage in response.headers["server-timing"].split(", ")} == {"decode", "regress", "lookup", "chain"} | queue
 
 
+@pytest.fixture(scope="module")
+def batch_screenings(ray_address, indexed_tiny_bundle, archive_images, tmp_path_factory) -> dict:
+    """Scan id → Screening of the rows `clare-dist embed` wrote for six archive scans and a DICOM."""
+    import shutil
+    import subprocess
+    import sys
+
+    from clare_dist.batch import read_results
+    from clare_dist.report import row_screening
+
+    folder = tmp_path_factory.mktemp("three-way")
+    archive = folder / "scans"
+    archive.mkdir()
+    for scan in archive_images[:6]:
+        shutil.copy(scan, archive / scan.name)
+    (archive / "scan.dcm").write_bytes(dicom_bytes(gradient(64, 64).astype(np.uint16) * 16, bits_stored=12))
+    done = subprocess.run([sys.executable, "-m", "clare_dist", "embed", "--bundle", str(indexed_tiny_bundle),
+                           "--archive", str(archive), "--out", str(folder / "out"), "--address", ray_address],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_results(folder / "out")
+    return {path: row_screening(row) for path, (_, row) in zip(rows["path"], rows.iterrows())}
+
+
+def test_batch_row_predict_json_and_api_answer_are_equal_field_by_field(app_url, indexed_tiny_bundle, batch_screenings,
+                                                                         capsys):
+    """One result type: for the same scan the three encodings carry the same screening."""
+    from clare_dist.encode.api_json import api_answer
+    from clare_dist.result import Screening
+
+    for path, batch in batch_screenings.items():
+        assert batch.ok, batch
+        predicted = Screening.from_dict(predict_cli(Path(path), indexed_tiny_bundle, capsys))
+        response = requests.post(f"{app_url}/v1/predict", data=Path(path).read_bytes(), timeout=60,
+                                 headers=AUTH | {"Content-Type": "application/octet-stream"})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert_fields_equal(predicted, batch)
+        assert answer.keys() == api_answer(batch, answer["request_id"]).keys()
+        assert_fields_equal(predicted, batch, answer)
+
+
+def assert_fields_equal(predicted, batch, answer=None) -> None:
+    """Every field of the Screening equal (floats as stored in float32), and the answer's too."""
+    import dataclasses
+
+    for field in dataclasses.fields(predicted):
+        mine, theirs = getattr(predicted, field.name), getattr(batch, field.name)
+        if field.name == "scan_id":
+            continue  # predict names a scan by its file name, the batch job by its path in the archive
+        if field.name in ("x", "y", "top3_distances"):
+            assert np.float32(mine) == pytest.approx(np.float32(theirs), abs=1e-6), field.name
+        elif field.name == "similar_cases":
+            assert [(c.case_id, c.combination) for c in mine] == [(c.case_id, c.combination) for c in theirs]
+            assert [c.distance for c in mine] == pytest.approx([c.distance for c in theirs], abs=1e-6)
+        else:
+            assert mine == theirs, field.name
+    if answer is None:
+        return
+    assert answer["decision"] == batch.combination and answer["classes"] == batch.classes
+    assert [t["combination"] for t in answer["top3"]] == batch.top3
+    assert [t["distance"] for t in answer["top3"]] == pytest.approx(batch.top3_distances, abs=1e-6)
+    assert [answer["coordinates"]["x"], answer["coordinates"]["y"]] == pytest.approx([batch.x, batch.y], abs=1e-6)
+    assert (answer["explanation"], answer["similar_note"], answer["model_version"]) == (
+        batch.explanation, batch.similar_note, batch.model_version)
+    assert [(c["case_id"], c["combination"]) for c in answer["similar_cases"]] == [
+        (c.case_id, c.combination) for c in batch.similar_cases]
+    assert [c["distance"] for c in answer["similar_cases"]] == pytest.approx([c.distance for c in batch.similar_cases], abs=1e-6)
+
+
 def test_dicom_as_multipart_file(app_url, indexed_tiny_bundle, tmp_path, capsys):
     scan = tmp_path / "scan.dcm"
     scan.write_bytes(dicom_bytes(gradient(64, 64).astype(np.uint16) * 16, bits_stored=12, photometric="MONOCHROME1"))

@@ -1,0 +1,26 @@
+"""The HTTP API's answer for a screened scan: the decision first, then why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clare_dist.result import INTENDED_USE, Screening
+
+
+def api_answer(screening: Screening, request_id: str) -> dict[str, Any]:
+    """The JSON body of a 200 answer (the OpenAPI document describes it as `Screening`)."""
+    if not screening.ok:
+        raise ValueError(f"scan {screening.scan_id} was not screened ({screening.error_kind}); it is answered as an error")
+    return {
+        "request_id": request_id,
+        "model_version": screening.model_version,
+        "decision": screening.combination,
+        "classes": screening.classes,
+        "top3": [{"combination": name, "distance": d} for name, d in zip(screening.top3, screening.top3_distances)],
+        "coordinates": {"x": screening.x, "y": screening.y},
+        "explanation": screening.explanation,
+        "similar_cases": [{"case_id": c.case_id, "combination": c.combination, "distance": c.distance}
+                          for c in screening.similar_cases],
+        "similar_note": screening.similar_note,
+        "intended_use": INTENDED_USE,
+    }
