@@ -16,9 +16,10 @@ from clare_dist.encode.text import summary
 from clare_dist.result import INTENDED_USE, Screening, SimilarCase
 from clare_dist.scans import SCAN_ERROR_KINDS
 
+# distances and points exactly representable in float32, as the Parquet columns store them
 SCREENED = Screening(
     scan_id="images/00000001_000.png", model_version="m-1", x=0.25, y=0.75, top3=["Pl", "CaPl", "CaPnPl"],
-    top3_distances=[0.01, 0.02, 0.5], combination="CaPl", Ca=1, Pa=0, Pn=0, Pl=1, Ot=0,
+    top3_distances=[0.015625, 0.03125, 0.5], combination="CaPl", Ca=1, Pa=0, Pn=0, Pl=1, Ot=0,
     explanation="This scan is likely ...", similar_cases=[SimilarCase("00000013_003.png", "CaPl", 0.125)],
     similar_note=None,
 )
@@ -59,7 +60,7 @@ def test_json_round_trip_and_the_api_answer() -> None:
     assert Screening.from_dict(json.loads(json.dumps(SCREENED.to_dict()))) == SCREENED
     answer = api_answer(SCREENED, "req-1")
     assert answer["decision"] == "CaPl" and answer["classes"] == {"Ca": 1, "Pa": 0, "Pn": 0, "Pl": 1, "Ot": 0}
-    assert answer["top3"][0] == {"combination": "Pl", "distance": 0.01} and answer["intended_use"] == INTENDED_USE
+    assert answer["top3"][0] == {"combination": "Pl", "distance": 0.015625} and answer["intended_use"] == INTENDED_USE
     assert answer["similar_cases"] == [{"case_id": "00000013_003.png", "combination": "CaPl", "distance": 0.125}]
     with pytest.raises(ValueError, match="not screened"):
         api_answer(FAILED, "req-2")
@@ -67,6 +68,6 @@ def test_json_round_trip_and_the_api_answer() -> None:
 
 def test_the_text_summary_says_what_the_screening_says() -> None:
     text = summary(SCREENED)
-    assert text.startswith("images/00000001_000.png: CaPl") and "Pl (0.010)" in text and "00000013_003.png" in text
+    assert text.startswith("images/00000001_000.png: CaPl") and "Pl (0.016)" in text and "00000013_003.png" in text
     assert INTENDED_USE in text
     assert summary(FAILED) == f"broken.dcm: not screened (bad_header): {FAILED.error_reason}"
