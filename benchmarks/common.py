@@ -166,7 +166,7 @@ def _build_base_bundle(root: Path, out: Path, image_size: int) -> str:
     import torch
 
     from clare_dist.bundle import write_bundle
-    from clare_dist.cli import make_references
+    from clare_dist.steps.make_references import make_references
     from clare_dist.export import export_regressor
     from clare_dist.models import ModelConfig, build_model
     from clare_dist.references import REFERENCES_FILE

@@ -25,7 +25,7 @@ from clare_dist.encode.parquet_row import ROW_SCHEMA, to_table
 from clare_dist.result import STATUS_ERROR, STATUS_OK, Screening
 from clare_dist.rules import References
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
-from clare_dist.screening import screen_points
+from clare_dist.screening import DEFAULT_K, screen_points
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def decode_batch(batch: dict[str, np.ndarray], config: ScanConfig) -> dict[str, 
             "error_reason": reasons, "scan": scans}
 
 
-def finish_batch(batch: pd.DataFrame, references: References, model_version: str, index=None, k: int = 9) -> pa.Table:
+def finish_batch(batch: pd.DataFrame, references: References, model_version: str, index=None,
+                 k: int = DEFAULT_K) -> pa.Table:
     """Stage 3 (CPU tasks): coordinates → Screenings (R4 decision, top 3, explanation, similar
     cases; the failed scans as they came) → their Parquet rows.
 

@@ -7,10 +7,8 @@ library function; nothing here decides anything about the method.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,22 +16,14 @@ from typing import Callable, Sequence
 
 from clare_dist.bundle import BundleError
 from clare_dist.case_index import CaseIndexError
-from clare_dist.cxr14 import (
-    DATA_ENTRY_NAME,
-    FOLD_SEED,
-    MetadataError,
-    combination_counts,
-    format_counts_table,
-    label_table,
-    read_data_entry,
-)
+from clare_dist.cxr14 import FOLD_SEED, N_FOLDS, MetadataError, combination_counts, format_counts_table
 from clare_dist.labels import LabelError
 from clare_dist.runs import LABELS_FILE, RunError
 from clare_dist.scans import ScanConfig, ScanError
+from clare_dist.screening import DEFAULT_K
+from clare_dist.steps.demo import DemoSettings
 
 log = logging.getLogger("clare_dist")
-
-DEMO_SETTINGS_FILE = "demo.json"  # in the demo's --out: the settings a re-run must repeat to resume
 
 # Failures a person can fix from the message alone: printed without a traceback, exit code 2.
 USER_ERRORS = (
@@ -42,25 +32,17 @@ USER_ERRORS = (
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from clare_dist.steps.prepare import prepare
+
     table = prepare(args.data_entry, args.out, seed=args.seed)
     print(format_counts_table(combination_counts(table)))
     print(f"wrote {Path(args.out) / LABELS_FILE}")
     return 0
 
 
-def prepare(data_entry: Path, out: Path, seed: int = FOLD_SEED):
-    """Data_Entry CSV → labels.parquet (the label table with folds)."""
-    raw = read_data_entry(data_entry)
-    table = label_table(raw, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / f"{LABELS_FILE}.tmp"  # renamed when complete: an interrupted write leaves no table behind
-    table.to_parquet(partial, index=False)
-    partial.replace(out / LABELS_FILE)
-    log.info("%d of %d images kept (at most 3 findings), %d patients, 5 folds", len(table), len(raw), table["patient_id"].nunique())
-    return table
-
-
 def cmd_references(args: argparse.Namespace) -> int:
+    from clare_dist.steps.make_references import make_references
+
     space = make_references(args.out, seed=args.seed)
     print(f"references: {len(space.references.names)} combinations, all distinct and decoded back to their own vector")
     print(f"minimum pairwise distance (normalised space): {space.min_distance:.4f}")
@@ -70,22 +52,9 @@ def cmd_references(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_references(out: Path, seed: int = 0):
-    """Train the label autoencoder and write references.json, its weights and references.png."""
-    from clare_dist.plots import reference_space_figure, save_figure
-    from clare_dist.references import (
-        AutoencoderConfig,
-        build_references,
-        save_references,
-    )
-
-    space = build_references(AutoencoderConfig(seed=seed))
-    save_references(space, out)
-    save_figure(reference_space_figure(space.references), Path(out) / "references.png")
-    return space
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
+    from clare_dist.steps.synthesize import synthesize
+
     if args.transfer_syntax != "explicit" and not args.dicom:
         raise SystemExit("clare-dist synth: --transfer-syntax encodes DICOM files; add --dicom")
     archive = synthesize(args.out, args.n_images, args.size, args.seed, args.dicom, args.transfer_syntax)
@@ -93,103 +62,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def synthesize(out: Path, n_images: int, size: int, seed: int, dicom: bool, transfer_syntax: str = "explicit"):
-    from clare_dist.synth import SynthConfig, write_archive
-
-    step = max(1, n_images // 10)
-
-    def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            log.info("synth: %d/%d images", done, total)
-
-    config = SynthConfig(n_images=n_images, size=size, seed=seed, dicom=dicom, transfer_syntax=transfer_syntax)
-    return write_archive(out, config, progress=progress)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole method on the embedded default: archive → references → 5 folds → bundle → screening.
+    """The whole method on the embedded default (clare_dist/steps/demo.py); re-run, it resumes."""
+    from clare_dist.steps.demo import run_demo
 
-    Re-run with the same settings, it resumes: finished steps (archives, labels, references,
-    folds, the bundle, screened scans) are kept, the rest is done."""
-    import pandas as pd
-
-    from clare_dist.bundle import load_bundle
-    from clare_dist.references import REFERENCES_FILE
-    from clare_dist.runs import BUNDLE_DIR, init_run
-    from clare_dist.synth import write_broken_scans
-    from clare_dist.training import TrainConfig
-
-    out = Path(args.out)
-    settings = {"n_images": args.n_images, "size": args.size, "epochs": args.epochs, "backlog": args.backlog, "seed": args.seed}
-    if _claim_demo_dir(out, settings):
-        print(f"resuming the demo in {out}: finished steps are kept")
-    archive = _demo_archive(out / "archive", args.n_images, args.size, args.seed)
-    labels = out / "prepared" / LABELS_FILE
-    table = pd.read_parquet(labels) if labels.exists() else prepare(archive / DATA_ENTRY_NAME, out / "prepared")
-    print("Table 1 of the synthetic archive (images per combination):")
-    print(format_counts_table(combination_counts(table)))
-    if not (out / "references" / REFERENCES_FILE).exists():
-        space = make_references(out / "references", seed=args.seed)
-        print(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}")
-
-    run = out / "run"
-    init_run(run, labels, out / "references")
-    _connect_ray(args.address, args.num_cpus)
-    from jobs.embed import EmbedSettings, build_case_index, run_embed
-    from jobs.train_cv import run_cross_validation
-
-    config = TrainConfig(backbone="resnet18", image_size=args.size, epochs=args.epochs, batch_size=32,
-                         learning_rate=1e-3, patience=3, seed=args.seed, num_workers=0)
-    run_cross_validation(run / LABELS_FILE, archive, run / REFERENCES_FILE, run, config)
-    headline = _evaluate(run, quiet=True)
-    bundle = load_bundle(run / BUNDLE_DIR) if (run / BUNDLE_DIR).is_dir() else _export(run, archive, None, False)
-    embedding = EmbedSettings(batch_size=32, task_cpus=0.25)
-    labelled = run_embed(bundle.path, archive / "images", out / "labelled", embedding)
-    indexed = build_case_index(bundle.path, labelled, table)
-
-    backlog = _demo_archive(out / "backlog", args.backlog, args.size, args.seed + 1)
-    broken = write_broken_scans(backlog / "images")
-    screened = run_embed(bundle.path, backlog / "images", out / "screened", embedding)
-    counts = screened["status"].value_counts()
-    print(f"cross-validation: R4 mean F1 {headline['r4_mean_f1']:.3f}, baseline (PR) {headline['baseline_pr_mean_f1']:.3f}"
-          f" — tables in {run / 'evaluation' / 'evaluation.md'}")
-    print(f"model bundle {bundle.model_version} with {indexed} indexed cases: {bundle.path}")
-    print(f"backlog: {len(screened)} scans ({len(broken)} broken on purpose): {counts.get('ok', 0)} screened, "
-          f"{counts.get('error', 0)} failed with their reason")
-    print(f"results: {out.resolve() / 'screened' / 'results'}")
-    print(f"report: open {out.resolve() / 'screened' / 'report.html'} in a browser")
+    settings = DemoSettings(n_images=args.n_images, size=args.size, epochs=args.epochs, backlog=args.backlog, seed=args.seed)
+    run_demo(Path(args.out), settings, connect=lambda: _connect_ray(args.address, args.num_cpus), say=print)
     return 0
-
-
-def _claim_demo_dir(out: Path, settings: dict[str, int]) -> bool:
-    """Record the demo's settings in `out` (new or empty), or check a re-run's against those
-    recorded: True when the same demo is resumed; other settings are refused, not mixed in."""
-    record = out / DEMO_SETTINGS_FILE
-    if record.exists():
-        recorded = json.loads(record.read_text())
-        if recorded != settings:
-            changed = ", ".join(f"{name} {recorded.get(name)} -> {value}" for name, value in settings.items()
-                                if recorded.get(name) != value)
-            raise RunError(f"{out} holds a demo run with other settings ({changed}); re-run with its settings "
-                           "to resume it, or use a new --out")
-        return True
-    if out.is_dir() and any(out.iterdir()):
-        raise RunError(f"{out} is not empty and holds no demo run; use a new or empty --out")
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(settings, indent=2) + "\n")
-    return False
-
-
-def _demo_archive(root: Path, n_images: int, size: int, seed: int) -> Path:
-    """The demo's synthetic archive at `root`: kept if complete, else (re)drawn — a half-written one
-    is the demo's own, left by an interrupted run."""
-    if (root / DATA_ENTRY_NAME).exists():
-        log.info("keeping the finished archive %s", root)
-        return root
-    if root.exists():
-        log.info("redrawing the half-written archive %s", root)
-        shutil.rmtree(root)
-    return synthesize(root, n_images, size, seed, dicom=False).root
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -211,19 +90,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent, cpus_per_fold=args.cpus_per_fold,
     )
     if not args.no_evaluate:
-        _evaluate(args.out)
+        _print_evaluation(args.out)
     if not args.no_export:
-        _export(args.out, args.images, args.export_fold, args.ensemble)
+        _print_export(args.out, args.images, args.export_fold, args.ensemble)
     return 0
 
 
 def _parse_folds(text: str) -> list[int]:
+    folds_help = f"--folds takes fold numbers 0-{N_FOLDS - 1} separated by commas, e.g. 0,1"
     try:
         folds = sorted({int(f) for f in text.split(",") if f.strip()})
     except ValueError:
-        raise SystemExit(f"--folds takes fold numbers 0-4 separated by commas, e.g. 0,1,2,3,4; got {text!r}")
-    if not folds or not all(0 <= f <= 4 for f in folds):
-        raise SystemExit(f"--folds takes fold numbers 0-4 separated by commas; got {text!r}")
+        raise SystemExit(f"{folds_help}; got {text!r}") from None
+    if not folds or not all(0 <= f < N_FOLDS for f in folds):
+        raise SystemExit(f"{folds_help}; got {text!r}")
     return folds
 
 
@@ -234,43 +114,29 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _evaluate(args.run, args.folds and _parse_folds(args.folds))
+    _print_evaluation(args.run, args.folds and _parse_folds(args.folds))
     return 0
 
 
-def _evaluate(run: Path, folds: list[int] | None = None, quiet: bool = False) -> dict:
-    from clare_dist.evaluation import (
-        evaluate_run,
-        evaluation_markdown,
-        write_evaluation,
-    )
-    from clare_dist.runs import EVALUATION_DIR
+def _print_evaluation(run: Path, folds: list[int] | None = None) -> None:
+    from clare_dist.evaluation import evaluation_markdown
+    from clare_dist.steps.evaluate import evaluate
 
-    evaluation = evaluate_run(run, folds)
-    paths = write_evaluation(evaluation, run / EVALUATION_DIR)
-    if not quiet:
-        print(evaluation_markdown(evaluation))
-        print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return evaluation.headline
+    evaluation, paths = evaluate(run, folds)
+    print(evaluation_markdown(evaluation))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    _export(args.run, args.images, args.fold, args.ensemble)
+    _print_export(args.run, args.images, args.fold, args.ensemble)
     return 0
 
 
-def _export(run: Path, images: Path, fold: int | None, ensemble: bool):
-    import json
+def _print_export(run: Path, images: Path, fold: int | None, ensemble: bool) -> None:
+    from clare_dist.steps.export import export
 
-    import pandas as pd
-
-    from clare_dist.runs import check_images, export_run
-
-    settings = json.loads(next(run.glob("fold_*/done.json")).read_text())["config"]
-    table = pd.read_parquet(run / LABELS_FILE)
-    bundle = export_run(run, check_images(table, images, settings["image_size"]), fold=fold, ensemble=ensemble)
+    bundle = export(run, images, fold, ensemble)
     print(f"wrote model bundle {bundle.model_version} to {bundle.path}")
-    return bundle
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -282,8 +148,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from clare_dist.encode.text import summary
     from clare_dist.screening import Screener, figure_paths
 
-    if args.k <= 0:
-        raise SystemExit(f"--k takes a positive number of similar cases; got {args.k}")
     screener = Screener(load_bundle(args.bundle), limits=_scan_limits(args))
     results = screener.screen_many(args.scans, k=args.k)
     plots = figure_paths(args.plot, [r.scan_id for r in results]) if args.plot else [None] * len(results)
@@ -342,6 +206,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 SCAN_LIMITS = ("max_pixels", "max_file_mb", "max_frames", "max_aspect")
 
 
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+
+
+def _add_k(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=_positive_int, default=DEFAULT_K, help=f"similar known cases per scan (default {DEFAULT_K})")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"takes a positive number; got {value}")
+    return value
+
+
 def _add_scan_limits(p: argparse.ArgumentParser) -> None:
     """The site's bounds on one scan, decided from its headers before it is decoded."""
     d = ScanConfig()
@@ -366,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole method on a synthetic archive (the embedded default)")
     p.add_argument("--out", type=Path, default=Path("clare-demo"), help="output directory (default: clare-demo)")
-    p.add_argument("--n-images", type=int, default=500, help="images in the labelled synthetic archive")
-    p.add_argument("--size", type=int, default=48, help="side of the images and of the model input, in pixels")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per phase and fold")
-    p.add_argument("--backlog", type=int, default=120, help="scans in the backlog to screen (4 broken files are added)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    d = DemoSettings()
+    p.add_argument("--n-images", type=int, default=d.n_images, help="images in the labelled synthetic archive")
+    p.add_argument("--size", type=int, default=d.size, help="side of the images and of the model input, in pixels")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per phase and fold")
+    p.add_argument("--backlog", type=int, default=d.backlog, help="scans in the backlog to screen (4 broken files are added)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    _add_ray_options(p)
     p.set_defaults(func=cmd_demo)
 
     from clare_dist.synth_dicom import TRANSFER_SYNTAXES
@@ -415,8 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None, help="folds at once (default: GPUs, or CPUs / cpus-per-fold)")
     p.add_argument("--cpus-per-fold", type=float, default=1.0)
     p.add_argument("--loader-workers", type=int, default=2, help="data loader processes per fold")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    _add_ray_options(p)
     p.add_argument("--export-fold", type=int, default=None, help="fold whose regressor goes into the bundle")
     p.add_argument("--ensemble", action="store_true", help="bundle the mean of all finished folds instead")
     p.add_argument("--no-evaluate", action="store_true")
@@ -431,9 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-index", action="store_true", help="make the labelled archive the bundle's case index")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="ONNX Runtime actors")
-    p.add_argument("--k", type=int, default=9, help="similar cases per scan")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    _add_k(p)
+    _add_ray_options(p)
     _add_scan_limits(p)
     p.set_defaults(func=cmd_embed)
 
@@ -455,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None,
                    help="write the explanation figure here (several scans: OUT-<scan name>.png)")
     p.add_argument("--json", action="store_true", help="one JSON object per scan (JSON lines) instead of text")
-    p.add_argument("--k", type=int, default=9, help="similar known cases to show (default 9)")
+    _add_k(p)
     p.add_argument("--images", type=Path, default=None,
                    help="folder the indexed cases' relative paths are resolved in, for thumbnails (default: .)")
     _add_scan_limits(p)
@@ -482,8 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")
     p.add_argument("--images", type=Path, default=None, help="folder the indexed cases' relative paths are under")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    _add_ray_options(p)
     _add_scan_limits(p)
     p.set_defaults(func=cmd_serve)
     return parser

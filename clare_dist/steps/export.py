@@ -1,0 +1,17 @@
+"""A run's regressor as a model bundle, checked against torch on the run's own scans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def export(run: Path, images: Path, fold: int | None, ensemble: bool):
+    """Export one fold (the first finished unless given) or the mean of all folds; returns the bundle."""
+    import pandas as pd
+
+    from clare_dist.runs import LABELS_FILE, check_images, export_run
+
+    settings = json.loads(next(run.glob("fold_*/done.json")).read_text())["config"]
+    table = pd.read_parquet(run / LABELS_FILE)
+    return export_run(run, check_images(table, images, settings["image_size"]), fold=fold, ensemble=ensemble)
