@@ -33,7 +33,7 @@ from clare_dist.bundle import load_bundle
 from clare_dist.export import open_session, run_regressor
 from clare_dist.report import write_report
 from clare_dist.scans import ScanConfig
-from clare_dist.screening import bundled_index
+from clare_dist.screening import DEFAULT_K, bundled_index
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class EmbedSettings:
     actor_cpus: float = 1.0
     task_cpus: float = 0.5
     ort_threads: int | None = None
-    k: int = 9
+    k: int = DEFAULT_K
     limits: ScanConfig = ScanConfig()  # the site's bounds on one scan; its size is the bundle's
 
 
