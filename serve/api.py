@@ -18,17 +18,21 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator
+from http import HTTPStatus
+from typing import Any, AsyncIterator, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, Field
 import ray
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from clare_dist.bundle import load_bundle
@@ -48,11 +52,158 @@ MAX_K = 100
 SCAN_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "application/dicom", "application/octet-stream"})
 STAGE_BUCKETS_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 
-api = FastAPI(
+MAX_FORM_FIELDS = 8  # text fields a multipart body may carry beside its one file (ignored)
+RAW_SCAN_TYPES = sorted(SCAN_TYPES)
+
+
+class ClareApp(FastAPI):
+    """FastAPI with the document of this server: where it has no API token, the bearer token is optional."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document = super().openapi()
+            if not getattr(self.state, "token_required", False):
+                for operation in (op for path in document["paths"].values() for op in path.values()):
+                    if "security" in operation:
+                        operation["security"].append({})
+        return self.openapi_schema
+
+
+api = ClareApp(
     title="clare-dist screening API",
     version=API_VERSION,
     description=f"Explainable chest X-ray screening (CLARE-XR). {INTENDED_USE}",
 )
+
+
+# The OpenAPI document (/openapi.json, /docs) is generated from the models, responses and request
+# body below, which are the answers the routes build: a test runs schemathesis against it.
+
+class ParameterProblem(BaseModel):
+    """One invalid request parameter."""
+
+    where: list[str | int] = Field(description="the parameter, e.g. ['query', 'k']")
+    problem: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: str = Field(description="the reason for programs: unauthorized, bad_multipart, payload_too_large, unsupported_media_type, "
+                       "invalid_parameters, unknown_case, not_found, method_not_allowed, overloaded, or the kind of scan error "
+                       "(empty, truncated, not_an_image, too_many_pixels, bad_dimensions, unsupported, ...)")
+    detail: str | list[ParameterProblem] = Field(description="the reason for people; for invalid_parameters, each parameter's problem")
+    request_id: str = Field(description="the request's id, also in the x-request-id header")
+    model_version: str | None = Field(description="the model bundle's content hash (null only before the bundle is loaded)")
+
+
+class ClassFlags(BaseModel):
+    """The decision as the five CLARE-XR classes, 1 where present."""
+
+    Ca: int = Field(ge=0, le=1, description="cardiac (cardiomegaly)")
+    Pa: int = Field(ge=0, le=1, description="parenchymal (infiltration, fibrosis, atelectasis, mass, nodule, pneumonia, consolidation, edema)")
+    Pn: int = Field(ge=0, le=1, description="pneumothorax")
+    Pl: int = Field(ge=0, le=1, description="pleural (effusion, pleural thickening)")
+    Ot: int = Field(ge=0, le=1, description="other (hernia, emphysema)")
+
+
+class NearReference(BaseModel):
+    """A reference combination near the scan's point."""
+
+    combination: str
+    distance: float = Field(ge=0)
+
+
+class Coordinates(BaseModel):
+    """The scan's point in the reference space."""
+
+    x: float
+    y: float
+
+
+class SimilarCase(BaseModel):
+    """An indexed known case whose ground truth is the decision."""
+
+    case_id: str = Field(description="its id: GET /v1/cases/{case_id}/image is its thumbnail")
+    combination: str
+    distance: float = Field(ge=0, description="from the scan's point")
+
+
+class ScreeningAnswer(BaseModel):
+    """One scan screened: the decision (R4), why, and similar known cases."""
+
+    request_id: str
+    model_version: str
+    decision: str = Field(description="the combination decided, e.g. 'CaPl' or 'No Finding'")
+    classes: ClassFlags
+    top3: list[NearReference] = Field(description="the three reference combinations nearest to the scan's point, nearest first")
+    coordinates: Coordinates
+    explanation: str = Field(description="the decision in a sentence")
+    similar_cases: list[SimilarCase] = Field(description="the k known cases of the decision nearest to the scan's point, nearest first")
+    similar_note: str | None = Field(description="why there are fewer than k similar cases, if there are")
+    intended_use: str
+
+
+class Alive(BaseModel):
+    status: Literal["alive"]
+
+
+class Readiness(BaseModel):
+    """Whether every stage answers with the bundle's model version."""
+
+    ready: bool
+    model_version: str
+    stages: dict[str, str | None] = Field(description="the model version each stage answers with (null: it did not answer)")
+
+
+bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False, description=(
+    f"The server's API token as `Authorization: Bearer <token>`, required on /v1/* where the server has one ({TOKEN_ENV} "
+    "in its environment); a server without one leaves the routes open and says so in this document."))
+
+_ERRORS = {
+    400: "the multipart body cannot be parsed, or holds no file or more than one (bad_multipart)",
+    401: "the bearer token is missing or wrong (unauthorized)",
+    404: "no indexed case has this id, or its image cannot be read on this server (unknown_case)",
+    413: "the body is over the server's limit, declared or as it streams (payload_too_large)",
+    415: "the body, or its uploaded file, is not PNG, JPEG, DICOM or octet-stream (unsupported_media_type)",
+    422: "an invalid parameter (invalid_parameters), or a scan that cannot be screened, with the reason: "
+         "empty, truncated, not an image, too many pixels, ...",
+    503: "a stage's queue is full: retry after Retry-After seconds (overloaded)",
+}
+_HEADER = {"schema": {"type": "string"}, "required": True}
+_ANSWER_HEADERS = {"x-request-id": _HEADER | {"description": "the request's id"},
+                   "x-model-version": _HEADER | {"description": "the model bundle's content hash"}}
+_TIMED_HEADERS = _ANSWER_HEADERS | {"server-timing": _HEADER | {"description": "seconds of each stage (queue, decode, regress, lookup, chain)"}}
+_ERROR_HEADERS = {401: {"WWW-Authenticate": _HEADER | {"description": "Bearer"}},
+                  503: {"Retry-After": _HEADER | {"description": "seconds"}}}
+
+
+def _answers(success: dict[str, Any], *errors: int) -> dict[int | str, dict[str, Any]]:
+    """The responses of a route: its success and the errors it can answer, each with its headers."""
+    failures = {status: {"model": ErrorBody, "description": _ERRORS[status],
+                         "headers": _ANSWER_HEADERS | _ERROR_HEADERS.get(status, {})} for status in errors}
+    return {200: {"headers": _ANSWER_HEADERS} | success} | failures
+
+
+_BINARY = {"type": "string", "format": "binary"}
+_PNG = {"content": {"image/png": {"schema": _BINARY}}}
+# The scan routes read the body themselves, as it streams, to refuse it (413) as soon as it passes
+# the limit; so its description is given here rather than taken from a parameter.
+_SCAN_REQUEST = {"requestBody": {
+    "required": True,
+    "description": f"one scan: its bytes as the body, with their content type, or one file in a multipart/form-data body "
+                   f"(any field name; up to {MAX_FORM_FIELDS} text fields beside it are ignored)",
+    "content": {media: {"schema": _BINARY} for media in RAW_SCAN_TYPES} | {"multipart/form-data": {
+        "schema": {"type": "object", "properties": {"file": _BINARY | {"description": "the scan"}}, "required": ["file"],
+                   "additionalProperties": {"type": "string"}, "maxProperties": 1 + MAX_FORM_FIELDS},
+        "encoding": {"file": {"contentType": ", ".join(RAW_SCAN_TYPES)}}}},
+}}
+# A screening's similar cases lead to their thumbnails (clients, and schemathesis's stateful phase, follow it).
+_CASE_LINKS = {"links": {"nearest_similar_case_image": {
+    "operationId": "case_image", "parameters": {"case_id": "$response.body#/similar_cases/0/case_id"},
+    "description": "the thumbnail of the nearest similar case"}}}
+_AUTHENTICATED = [Security(bearer)]
+_SCAN_ERRORS = (400, 401, 413, 415, 422, 503)
 
 
 class APIError(Exception):
@@ -76,6 +227,13 @@ def _error_body(request: Request, error: str, detail: Any) -> dict[str, Any]:
 @api.exception_handler(APIError)
 async def _api_error(request: Request, err: APIError) -> JSONResponse:
     return JSONResponse(_error_body(request, err.error, err.detail), status_code=err.status, headers=err.headers)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """The router's own answers (no such route: 404, a method it does not take: 405) in the same JSON."""
+    return JSONResponse(_error_body(request, HTTPStatus(err.status_code).name.lower(), err.detail),
+                        status_code=err.status_code, headers=err.headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -135,7 +293,7 @@ async def _multipart_scan(headers: Headers, body: bytes) -> bytes:
         yield body
 
     try:
-        form = await MultiPartParser(headers, stream(), max_files=1, max_fields=8).parse()
+        form = await MultiPartParser(headers, stream(), max_files=1, max_fields=MAX_FORM_FIELDS).parse()
     except Exception as err:  # starlette raises its own HTTPException / MultiPartException types
         raise APIError(400, "bad_multipart", f"the multipart body could not be parsed: {err}") from None
     files = [value for _, value in form.multi_items() if not isinstance(value, str)]
@@ -204,6 +362,8 @@ class ClareAPI:
             self.cases = CaseLookup.func_or_class(bundle, images_root)
             self.pool = ThreadPoolExecutor(max_workers=decode_threads or _replica_cpus(), thread_name_prefix="clare-cpu-stage")
         api.state.model_version = self.model_version
+        api.state.token_required = self.token is not None
+        api.openapi_schema = None  # the document says whether this server requires the token
         api.state.requests_counter = metrics.Counter(
             "clare_api_requests", description="Answers of the clare-dist API by route and HTTP status",
             tag_keys=("route", "status"))
@@ -213,11 +373,15 @@ class ClareAPI:
         log.info("clare-dist API for model %s; CPU stages %s; bearer token %s", self.model_version,
                  "in the ingress" if self.in_ingress else "in their own deployments", "required" if self.token else "off")
 
-    @api.get("/healthz", summary="Alive: the ingress replica answers")
+    @api.get("/healthz", summary="Alive: the ingress replica answers", operation_id="healthz", response_model=Alive,
+             responses=_answers({"description": "alive"}))
     async def healthz(self) -> dict[str, str]:
         return {"status": "alive"}
 
-    @api.get("/readyz", summary="Ready: the bundle is loaded and every stage answers with the same model")
+    @api.get("/readyz", summary="Ready: the bundle is loaded and every stage answers with the same model", operation_id="readyz",
+             response_model=Readiness,
+             responses=_answers({"description": "ready"}) | {503: {"model": Readiness, "description": "not ready: a stage did not answer, "
+                                                                    "or answers with another model", "headers": _ANSWER_HEADERS}})
     async def readyz(self, request: Request) -> JSONResponse:
         stages = {"Regressor": self.regressor} if self.workers is None else {}
         if not self.in_ingress:
@@ -229,10 +393,12 @@ class ClareAPI:
         if self.workers is not None:
             status["Regressor"] = self.model_version if all(t.is_alive() for t in self.workers.threads) else None
         ready = all(version == self.model_version for version in status.values())
-        return JSONResponse({"ready": ready, "model_version": self.model_version, "stages": status},
+        return JSONResponse(Readiness(ready=ready, model_version=self.model_version, stages=status).model_dump(),
                             status_code=200 if ready else 503)
 
-    @api.post("/v1/predict", summary="Screen one scan: decision, explanation, similar known cases")
+    @api.post("/v1/predict", summary="Screen one scan: decision, explanation, similar known cases", operation_id="predict",
+              response_model=ScreeningAnswer, dependencies=_AUTHENTICATED, openapi_extra=_SCAN_REQUEST,
+              responses=_answers({"description": "the screening", "headers": _TIMED_HEADERS} | _CASE_LINKS, *_SCAN_ERRORS))
     async def predict(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> JSONResponse:
         self._authorize(request)
         rid = request_id(request)
@@ -253,10 +419,13 @@ class ClareAPI:
         _refuse_failed(screening)
         seconds["chain"] = time.perf_counter() - start
         self._observe(seconds)
-        return JSONResponse(api_answer(screening, rid), headers=_server_timing(seconds))
+        # validated as the documented ScreeningAnswer, so the document and the answer cannot drift apart
+        answer = ScreeningAnswer.model_validate(api_answer(screening, rid)).model_dump(mode="json")
+        return JSONResponse(answer, headers=_server_timing(seconds))
 
-    @api.post("/v1/predict/plot", summary="The same screening as a PNG: reference space and similar cases",
-              response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @api.post("/v1/predict/plot", summary="The same screening as a PNG: reference space and similar cases", operation_id="predict_plot",
+              response_class=Response, dependencies=_AUTHENTICATED, openapi_extra=_SCAN_REQUEST,
+              responses=_answers(_PNG | {"description": "the figure (the paper's Fig. 5 and 7)", "headers": _TIMED_HEADERS}, *_SCAN_ERRORS))
     async def predict_plot(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> Response:
         self._authorize(request)
         rid = request_id(request)
@@ -274,14 +443,15 @@ class ClareAPI:
             png = await self._shed_overload(self.lookup.plot.remote(regressed.coords, rid, k, decoded.thumbnail))
         return Response(png, media_type="image/png", headers=_server_timing(regressed.seconds))
 
-    @api.get("/v1/cases/{case_id}/image", summary="Thumbnail of an indexed known case",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @api.get("/v1/cases/{case_id}/image", summary="Thumbnail of an indexed known case", operation_id="case_image",
+             response_class=Response, dependencies=_AUTHENTICATED,
+             responses=_answers(_PNG | {"description": "the case's thumbnail"}, 401, 404, 422, 503))
     async def case_image(self, request: Request, case_id: str) -> Response:
         self._authorize(request)
         if self.in_ingress:
             png, reason = await self._here(self.cases.case_image, case_id)
         else:
-            png, reason = await self.lookup.case_image.remote(case_id)
+            png, reason = await self._shed_overload(self.lookup.case_image.remote(case_id))
         if png is None:
             raise APIError(404, "unknown_case", reason)
         return Response(png, media_type="image/png")
