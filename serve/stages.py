@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from clare_dist.screening import (
     screen_points,
 )
 from clare_dist.scans import ScanConfig, ScanError
+from serve.cpus import node_cpus
 
 log = logging.getLogger("ray.serve")  # Serve adds the request id to this logger's records
 
@@ -101,9 +101,8 @@ class Regressor:
     def __init__(self, bundle: str, settings: RegressorSettings = RegressorSettings()) -> None:
         loaded = load_bundle(bundle)
         self.model_version = loaded.model_version
-        # Ray sets OMP_NUM_THREADS to the replica's CPU share (1 here), which ONNX Runtime
-        # honours: without an explicit count a CPU regressor would run on one thread.
-        self.session = open_session(loaded.onnx_path, threads=settings.threads or os.cpu_count(), spinning=settings.spinning)
+        # its node's cores unless told (serve/cpus.py: why not Ray's OMP_NUM_THREADS, nor os.cpu_count())
+        self.session = open_session(loaded.onnx_path, threads=settings.threads or node_cpus(), spinning=settings.spinning)
         self.predict.set_max_batch_size(settings.max_batch_size)
         self.predict.set_batch_wait_timeout_s(settings.batch_wait_s)
         log.info("regressor %s on %s", self.model_version, self.session.get_providers()[0])

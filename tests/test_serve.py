@@ -393,8 +393,8 @@ def test_a_replica_counts_the_cpus_of_its_ray_node(ray_address):
     import ray
 
     from conftest import WORKER_CPUS
-    from serve.api import _node_cpus
+    from serve.cpus import node_cpus
 
     if not ray.is_initialized():
         ray.init(address=ray_address)
-    assert ray.get(ray.remote(num_cpus=0.01)(_node_cpus).remote(), timeout=60) == WORKER_CPUS
+    assert ray.get(ray.remote(num_cpus=0.01)(node_cpus).remote(), timeout=60) == WORKER_CPUS
