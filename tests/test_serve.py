@@ -37,9 +37,10 @@ REGRESSING = {"single": "ClareAPI", "ingress": "Regressor", "chain": "Regressor"
 
 
 @pytest.fixture(scope="module", params=list(DEPLOYMENTS))
-def app_url(request, ray_address, indexed_tiny_bundle, tiny_archive):
+def app_url(request, ray_address, indexed_tiny_bundle, tiny_archive, batch_screenings):
     """The app as `clare-dist serve` builds it, in each topology, with the API token set in the
-    replicas' environment (as a Kubernetes Secret would) and a 1 MiB body limit."""
+    replicas' environment (as a Kubernetes Secret would) and a 1 MiB body limit. The batch job of
+    `batch_screenings` runs first: beside a deployed app its tasks would find no free CPU here."""
     import ray
     from ray import serve
 
