@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clare_dist.dataset import IMAGE_SUFFIXES
+from clare_dist.archive import IMAGE_SUFFIXES
 from clare_dist.labels import CLASSES
 from clare_dist.rules import References
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan

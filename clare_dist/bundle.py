@@ -29,17 +29,16 @@ from typing import Any
 import onnx
 
 from clare_dist import __version__
-from clare_dist.export import INPUT_NAME, OUTPUT_NAME
-from clare_dist.models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
-from clare_dist.references import REFERENCES_FILE, load_references
+from clare_dist.reference_file import REFERENCES_FILE, load_references
 from clare_dist.rules import References
+from clare_dist.runtime import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 REGRESSOR_FILE = "regressor.onnx"
-INDEX_DIR = "index"  # the case index of known cases (clare_dist.case_index), when built
+INDEX_DIR = "index"
 INTENDED_USE = "screening aid for research; not a certified medical device"
 MODEL_VERSION_PREFIX = "m-"
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -121,6 +120,10 @@ def write_bundle(
     A bundle already at `out_dir` is replaced as a whole (its case index belongs to the old
     model's coordinates). At no moment does `out_dir` hold a half-written bundle.
     """
+    # The normalisation the graph has inside: torch loads here, where a trained model is bundled,
+    # and never where a bundle is only loaded.
+    from clare_dist.models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}; got {backbone!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:

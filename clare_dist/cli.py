@@ -114,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from clare_dist.bundle import load_bundle
-    from clare_dist.references import REFERENCES_FILE
+    from clare_dist.reference_file import REFERENCES_FILE
     from clare_dist.runs import BUNDLE_DIR, init_run
     from clare_dist.synth import write_broken_scans
     from clare_dist.training import TrainConfig

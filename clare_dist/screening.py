@@ -23,9 +23,9 @@ import onnxruntime as ort
 
 from clare_dist.bundle import INTENDED_USE, Bundle
 from clare_dist.explanation import explanation
-from clare_dist.export import open_session, run_regressor
 from clare_dist.labels import CLASSES, COMBINATION_INDEX
 from clare_dist.rules import References, RuleResult, apply_rules
+from clare_dist.runtime import open_session, run_regressor
 from clare_dist.scans import ScanConfig, ScanError, ScanSource, preprocess_scan
 
 if TYPE_CHECKING:

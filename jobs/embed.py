@@ -29,7 +29,7 @@ from clare_dist.batch import (
     read_results,
 )
 from clare_dist.bundle import load_bundle
-from clare_dist.export import open_session, run_regressor
+from clare_dist.runtime import open_session, run_regressor
 from clare_dist.report import write_report
 from clare_dist.scans import ScanConfig
 from clare_dist.screening import bundled_index

@@ -21,7 +21,7 @@ from PIL import Image
 from ray import serve
 
 from clare_dist.bundle import INTENDED_USE, load_bundle
-from clare_dist.export import open_session
+from clare_dist.runtime import open_session
 from clare_dist.screening import (
     THUMBNAIL_SIZE,
     ScanFailure,
