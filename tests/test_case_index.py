@@ -18,7 +18,6 @@ from clare_dist.case_index import (
     CaseIndex,
     CaseIndexError,
     UnknownCaseError,
-    index_dir,
     write_index_into_bundle,
 )
 from clare_dist.labels import COMBINATIONS, LabelError
@@ -146,9 +145,9 @@ def test_ties_and_duplicates_go_by_insertion_order(path):
 
 def test_pruning_by_blocks_equals_brute_force(monkeypatch, cases):
     """Query boxes of many cells (far outside the data) are pruned block by block first."""
-    from clare_dist import case_index
+    from clare_dist.case_index import grid
 
-    monkeypatch.setattr(case_index, "BLOCK_FROM", 4)
+    monkeypatch.setattr(grid, "BLOCK_FROM", 4)
     index = build(cases, "grid")
     for combination in (None, "Pa"):
         assert_exact(index, cases, queries(13), combination, 9)
@@ -193,6 +192,11 @@ def test_one_point_batches_and_per_combination_agree(index):
         np.testing.assert_array_equal(per_query[i].distances, alone.distances)
         assert per_query[i].note == alone.note and per_query[i].available == alone.available
 
+    four = index.nearest_per_combination(q[:2], ["CaPaPnPl", "Pa"], k=9)
+    assert four[0].case_ids.shape == (1, 0) and four[0].available == 0 and not four[0].complete
+    assert four[0].note == "no known case has CaPaPnPl: labelled images have at most 3 findings, so at most 3 classes"
+    np.testing.assert_array_equal(four[1].case_ids, index.nearest(q[1], "Pa", 9).case_ids)
+
 
 def test_fewer_than_k_cases_are_all_returned_and_said(index, cases):
     found = index.nearest([0.5, 0.5], RARE, k=9)
@@ -220,6 +224,8 @@ def test_bad_queries_are_refused(index):
         index.nearest([np.nan, 0.5])
     with pytest.raises(ValueError, match="one combination per point"):
         index.nearest_per_combination(np.zeros((3, 2)), ["Pa", "Pl"])
+    with pytest.raises(LabelError, match="not a combination name"):
+        index.nearest_per_combination(np.zeros((1, 2)), ["CaXx"])
 
 
 def test_counts_and_case_lookup(index, cases):
@@ -333,7 +339,7 @@ def test_index_written_into_a_bundle(tmp_path, cases):
     index = build(cases, "grid")
 
     for _ in range(2):  # writing again replaces the index
-        assert write_index_into_bundle(bundle.path, index) == index_dir(bundle.path) == bundle.index_dir
+        assert write_index_into_bundle(bundle.path, index) == bundle.index_dir == bundle.path / "index"
     reloaded = load_bundle(bundle.path)
     assert reloaded.model_version == bundle.model_version and reloaded.has_index
     entry = reloaded.manifest["index"]
