@@ -78,7 +78,7 @@ def tight_loop(files: list[Path], onnx_path: Path, image_size: int, batch_sizes:
                threads: int | None) -> dict:
     """Sequential decode + ORT over the archive for each batch size; the best one, and the
     decode-only and ORT-only rates that bound what a pipeline can reach."""
-    from clare_dist.export import open_session
+    from clare_dist.runtime import open_session
 
     session = open_session(onnx_path, threads=threads)
     runs = []
@@ -96,7 +96,7 @@ def tight_loop(files: list[Path], onnx_path: Path, image_size: int, batch_sizes:
 
 def _loop_pass(session, files: list[Path], image_size: int, batch_size: int) -> dict:
     """One timed pass over `files`: wall time, and the part spent decoding and in ORT."""
-    from clare_dist.export import run_regressor
+    from clare_dist.runtime import run_regressor
     from clare_dist.scans import ScanConfig
     from clare_dist.screening import decode
 
@@ -119,7 +119,7 @@ def _loop_pass(session, files: list[Path], image_size: int, batch_size: int) -> 
 def _ort_one_thread(onnx_path: Path, files: list[Path], image_size: int, batch_size: int) -> dict:
     """ORT with one intra-op thread at the best batch size: what one core does while the others
     decode (the split a pipeline on a few cores can use)."""
-    from clare_dist.export import open_session
+    from clare_dist.runtime import open_session
     from clare_dist.scans import ScanConfig
     from clare_dist.screening import decode
 

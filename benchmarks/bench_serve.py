@@ -112,7 +112,7 @@ def batched_ort(onnx_path: Path, image_size: int, bodies: list[bytes], batch_siz
     target's denominator, whatever the regressor's own settings. Both ways of filling the cores are
     measured, one session with a thread per core and one single-thread session per core; `img_s`
     is the better."""
-    from clare_dist.export import open_session
+    from clare_dist.runtime import open_session
     from clare_dist.scans import ScanConfig
     from clare_dist.screening import decode
 

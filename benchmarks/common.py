@@ -169,7 +169,7 @@ def _build_base_bundle(root: Path, out: Path, image_size: int) -> str:
     from clare_dist.steps.make_references import make_references
     from clare_dist.export import export_regressor
     from clare_dist.models import ModelConfig, build_model
-    from clare_dist.references import REFERENCES_FILE
+    from clare_dist.reference_file import REFERENCES_FILE
     from clare_dist.scans import ScanConfig, preprocess_scan
 
     started = time.perf_counter()
@@ -244,7 +244,7 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
 def ort_batched_throughput(session, scans: np.ndarray, batch_size: int, repeats: int = 4) -> dict[str, float]:
     """ONNX Runtime alone on decoded scans in batches of `batch_size`: img/s after one warm-up
     batch. Also the process CPU per image, which shows how many cores ORT keeps busy."""
-    from clare_dist.export import run_regressor
+    from clare_dist.runtime import run_regressor
 
     run_regressor(session, scans[:batch_size], batch_size=batch_size)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -260,7 +260,7 @@ def ort_per_core_throughput(onnx_path: str | os.PathLike, scans: np.ndarray, bat
     """ONNX Runtime on every core at once as one single-thread session per core, each running
     batches of `batch_size` in its own thread (ORT frees the GIL): img/s. The other way to fill
     the machine, which on a few cores can beat one session's intra-op threads."""
-    from clare_dist.export import open_session, run_regressor
+    from clare_dist.runtime import open_session, run_regressor
 
     cores = os.cpu_count() or 1
     sessions = [open_session(onnx_path, threads=1) for _ in range(cores)]

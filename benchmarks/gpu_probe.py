@@ -23,7 +23,7 @@ def probe() -> dict:
     import onnxruntime as ort
     import torch
 
-    from clare_dist.export import onnx_providers
+    from clare_dist.runtime import onnx_providers
     from clare_dist.training import resolve_device
 
     smi = shutil.which("nvidia-smi")

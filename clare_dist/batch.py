@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clare_dist.dataset import IMAGE_SUFFIXES
+from clare_dist.archive import IMAGE_SUFFIXES
 from clare_dist.encode.parquet_row import ROW_SCHEMA, to_table
 from clare_dist.result import STATUS_ERROR, STATUS_OK, Screening
 from clare_dist.rules import References

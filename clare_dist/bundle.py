@@ -6,10 +6,13 @@ manifest that says what the graph expects and where it came from:
     manifest.json     format version, model version, input/output, folds, metrics, versions
     regressor.onnx    N×1×S×S uint8 "scan" → N×2 float32 "coords"
     references.json   the 26 reference coordinates
+    index/            the case index of known cases (`clare_dist.case_index`), once built
 
-Other entries (the case index, added later) are allowed and ignored here. The model version is
-a hash of the regressor and the references, so every result can name exactly the model that
-produced it, and a bundle whose files were changed after bundling is refused.
+The model version is a hash of the regressor and the references, so every result can name
+exactly the model that produced it, and a bundle whose files were changed after bundling is
+refused. This module is the only writer of manifest.json: the case index code hands its files
+and its summary to `install_index`. Loading a bundle needs neither torch nor FAISS, so every
+process that screens can load one.
 """
 
 from __future__ import annotations
@@ -24,16 +27,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import onnx
 
 from clare_dist import __version__
-from clare_dist.export import INPUT_NAME, OUTPUT_NAME
-from clare_dist.models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
-from clare_dist.references import REFERENCES_FILE, load_references
+from clare_dist.reference_file import REFERENCES_FILE, load_references
 from clare_dist.result import INTENDED_USE
 from clare_dist.rules import References
+from clare_dist.runtime import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,10 @@ def write_bundle(
     A bundle already at `out_dir` is replaced as a whole (its case index belongs to the old
     model's coordinates). At no moment does `out_dir` hold a half-written bundle.
     """
+    # The normalisation the graph has inside: torch loads here, where a trained model is bundled,
+    # and never where a bundle is only loaded.
+    from clare_dist.models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}; got {backbone!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
@@ -171,6 +177,35 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote model bundle %s to %s", checked.model_version, out)
     return replace(checked, path=out, onnx_path=out / REGRESSOR_FILE)
+
+
+def install_index(bundle_path: str | os.PathLike, save: Callable[[Path], Any], record: dict[str, Any]) -> Path:
+    """Put a case index into a valid bundle and record it in the manifest; model_version is untouched.
+
+    `save(directory)` writes the index's files; `record` (cases, combinations, ...) becomes the
+    manifest's `index` entry. The files are written beside the bundle's and renamed into place, so
+    readers see the old index or the new one, never half of one; the manifest is replaced
+    atomically after that.
+    """
+    bundle = load_bundle(bundle_path)  # only a valid bundle gets an index
+    target = bundle.index_dir
+    tmp = bundle.path / f".{INDEX_DIR}.tmp-{uuid.uuid4().hex[:8]}"
+    old = bundle.path / f".{INDEX_DIR}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        save(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    manifest = {**bundle.manifest, "index": {"directory": INDEX_DIR, **record}}
+    staged = bundle.path / f".{MANIFEST_FILE}.tmp-{uuid.uuid4().hex[:8]}"
+    staged.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(staged, bundle.path / MANIFEST_FILE)
+    if load_bundle(bundle.path).model_version != bundle.model_version:  # guards the contract, cheaply
+        raise RuntimeError("writing the case index changed the bundle's model_version; this is a bug")
+    return target
 
 
 def package_versions() -> dict[str, str | None]:

@@ -144,7 +144,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from clare_dist.bundle import load_bundle
-    from clare_dist.plots import save_figure
     from clare_dist.encode.text import summary
     from clare_dist.screening import Screener, figure_paths
 
@@ -157,6 +156,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         print(json.dumps(result.to_dict()) if args.json else summary(result))
         if plot is not None:
+            from clare_dist.plots import save_figure  # matplotlib loads only where a figure is asked for
+
             save_figure(screener.figure(result, scan, args.images), plot)
             log.info("wrote %s", plot)
     return 1 if any(not r.ok for r in results) else 0
@@ -166,7 +167,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import pandas as pd
 
     _connect_ray(args.address, args.num_cpus)
-    from jobs.embed import EmbedSettings, build_case_index, run_embed
+    from clare_dist.case_index import build_case_index
+    from jobs.embed import EmbedSettings, run_embed
 
     settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=_scan_limits(args))
     results = run_embed(args.bundle, args.archive, args.out, settings)

@@ -1,4 +1,4 @@
-"""Training data: the label table joined to scan files on disk, streamed through the decoder.
+"""Training data: the label table's scans (found by `clare_dist.archive`), streamed through the decoder.
 
 Scans are decoded one at a time by the same `preprocess_scan` the batch job and the API use,
 so training sees exactly the pixels inference will see; nothing holds the archive in memory.
@@ -8,10 +8,8 @@ here (items N..2N-1 are augmented copies of items 0..N-1), not extra files.
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,40 +19,8 @@ from torchvision.transforms import v2
 
 from clare_dist.scans import ScanConfig, preprocess_scan
 
-log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 # The paper: "soft random affine transformations (i.e. 5 degrees of rotation and 3 degrees of shear)".
 PAPER_AUGMENTATION = {"degrees": 5.0, "shear": 3.0}
-
-
-class MissingImagesError(FileNotFoundError):
-    """Label rows whose scan file is not under the image root."""
-
-
-def index_images(root: str | os.PathLike) -> dict[str, Path]:
-    """File name → path for every scan under `root` (flat, `images/`, or NIH's `images_001/images/`)."""
-    base = Path(root)
-    if not base.is_dir():
-        raise NotADirectoryError(f"image root {base} is not a directory")
-    found: dict[str, Path] = {}
-    for dirpath, _, files in os.walk(base):
-        for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                found.setdefault(name, Path(dirpath) / name)
-    return found
-
-
-def locate(names: Iterable[str], index: dict[str, Path], root: str | os.PathLike) -> list[Path]:
-    """Paths of `names`, or MissingImagesError naming how many and which are missing."""
-    names = list(names)
-    missing = [n for n in names if n not in index]
-    if missing:
-        raise MissingImagesError(
-            f"{len(missing)} of {len(names)} scans in the label table are not under {root} "
-            f"(e.g. {missing[:3]}); point --images at the folder that holds them"
-        )
-    return [index[n] for n in names]
 
 
 class ScanDataset(Dataset):

@@ -28,7 +28,7 @@ import pandas as pd
 from clare_dist import metrics
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, COMBINATIONS
 from clare_dist.plots import predictions_by_combination_figure, roc_pr_figure, save_figure
-from clare_dist.references import load_references
+from clare_dist.reference_file import load_references
 from clare_dist.rules import References, apply_rules, pattern_names
 
 logger = logging.getLogger(__name__)

@@ -4,11 +4,11 @@ The references are the coordinate system every later phase regresses into, so th
 reproducible (deterministic for a seed) and usable: every combination distinct, decoded back
 to its own vector, and far enough from its neighbours that the rules can tell them apart. A
 seed whose training does not reach that is retried with the next seed, deterministically.
+Reading and writing references.json needs no torch: that is `clare_dist.reference_file`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from clare_dist.labels import COMBINATION_VECTORS, COMBINATIONS, NO_FINDING
+from clare_dist.labels import COMBINATION_VECTORS, COMBINATIONS
+from clare_dist.reference_file import write_references
 from clare_dist.rules import References
 
 log = logging.getLogger(__name__)
 
-REFERENCES_FILE = "references.json"
 AUTOENCODER_FILE = "autoencoder.pt"
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -163,12 +162,7 @@ def _quality_problem(decoded: np.ndarray, references: References, min_distance: 
 
 def save_references(space: ReferenceSpace, out_dir: str | os.PathLike) -> Path:
     """Write references.json (the contract read by training, batch and serving) and the weights."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    document = {
-        "format_version": FORMAT_VERSION,
-        "order": list(COMBINATIONS),
-        "references": space.references.to_mapping(),
+    path = write_references(out_dir, space.references, {
         "raw_min": space.raw_min.tolist(),
         "raw_max": space.raw_max.tolist(),
         "min_pairwise_distance": space.min_distance,
@@ -176,27 +170,6 @@ def save_references(space: ReferenceSpace, out_dir: str | os.PathLike) -> Path:
         "seed_used": space.seed_used,
         "attempts": space.attempts,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(space.config).items()},
-    }
-    path = out / REFERENCES_FILE
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    torch.save(space.model.state_dict(), out / AUTOENCODER_FILE)
+    })
+    torch.save(space.model.state_dict(), path.parent / AUTOENCODER_FILE)
     return path
-
-
-def load_references(path: str | os.PathLike) -> References:
-    """Read references.json (or a directory holding it) and check it."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / REFERENCES_FILE
-    try:
-        document = json.loads(file.read_text())
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"no references at {file}; create them with `clare-dist references --out DIR`") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file} is not valid JSON ({exc}); recreate it with `clare-dist references`") from exc
-    if document.get("format_version") != FORMAT_VERSION or "references" not in document:
-        raise ValueError(f"{file} is not a clare-dist references file of format version {FORMAT_VERSION}")
-    references = References.from_mapping(document["references"])
-    if NO_FINDING not in references.names:
-        raise ValueError(f"{file} has no {NO_FINDING!r} reference")
-    return references

@@ -3,6 +3,8 @@
 Layout: `labels.parquet` and `references.json` (copied in at the start, so the fold
 assignment and the coordinate system are saved with the run), `fold_k/` per fold (the
 phases' checkpoints, `predictions.parquet`, `done.json`), `evaluation/`, and `bundle/`.
+Only `export_run` needs torch (it loads the folds' checkpoints), and imports it itself: the rest
+is the layout the command line reads, and screening must not load torch with it.
 """
 
 from __future__ import annotations
@@ -17,21 +19,18 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
+from clare_dist.archive import index_images, locate
 from clare_dist.bundle import Bundle, write_bundle
-from clare_dist.dataset import index_images, locate
-from clare_dist.export import export_regressor
-from clare_dist.models import ModelConfig, build_model
-from clare_dist.references import REFERENCES_FILE
+from clare_dist.reference_file import REFERENCES_FILE
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
-from clare_dist.training import DONE_FILE
 
 log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.parquet"
 BUNDLE_DIR = "bundle"
 EVALUATION_DIR = "evaluation"
+DONE_FILE = "done.json"  # in fold_k/ once the fold is trained: what `train` skips and `export` reads
 
 
 class RunError(ValueError):
@@ -77,6 +76,11 @@ def check_images(table: pd.DataFrame, image_root: Path, image_size: int, count: 
 
 def export_run(run: Path, images: Sequence[np.ndarray], fold: int | None = None, ensemble: bool = False) -> Bundle:
     """Export one fold's regressor (default: the first finished) or the fold ensemble as the bundle."""
+    import torch
+
+    from clare_dist.export import export_regressor
+    from clare_dist.models import ModelConfig, build_model
+
     done = finished_folds(run)
     if not done:
         raise RunError(f"{run} has no finished fold; run `clare-dist train` first")

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clare_dist.export import CPU_PROVIDER, open_session, run_regressor
+from clare_dist.runtime import CPU_PROVIDER, open_session, run_regressor
 from clare_dist.scans import ScanConfig, ScanSource
 from clare_dist.screening import decode
 

@@ -23,10 +23,10 @@ import onnxruntime as ort
 
 from clare_dist.bundle import Bundle
 from clare_dist.explanation import explanation
-from clare_dist.export import open_session, run_regressor
-from clare_dist.labels import CLASSES, COMBINATION_INDEX
+from clare_dist.labels import CLASSES
 from clare_dist.result import INTENDED_USE, Screening, SimilarCase
 from clare_dist.rules import References, RuleResult, apply_rules
+from clare_dist.runtime import open_session, run_regressor
 from clare_dist.scans import ScanConfig, ScanError, ScanSource, preprocess_scan
 
 if TYPE_CHECKING:
@@ -76,32 +76,16 @@ def explain(rules: RuleResult) -> list[str]:
 def similar(index: CaseIndex | None, coords: np.ndarray, decisions: Sequence[str], k: int = DEFAULT_K) -> SimilarResult:
     """The paper's lookup: the k known cases of each decision's combination nearest to its point.
 
-    Points are grouped by decision so each combination's partition is searched once for all
-    its scans. Without an index every scan gets no cases and a note saying how to build one.
+    The index groups the points by decision (`CaseIndex.nearest_per_combination`). Without an
+    index every scan gets no cases and a note saying how to build one.
     """
     points = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     if index is None:
         return SimilarResult([[] for _ in points], [NO_INDEX_NOTE] * len(points))
-    cases: list[list[SimilarCase]] = [[] for _ in points]
-    notes: list[str | None] = [None] * len(points)
-    decisions = np.asarray(decisions, dtype=object)
-    for combination in dict.fromkeys(decisions):
-        rows = np.flatnonzero(decisions == combination)
-        if combination not in COMBINATION_INDEX:
-            # R4 can join the closest reference with recurrent classes into 4 classes, which no
-            # labelled image (at most 3 findings) has.
-            note = f"no known case has {combination}: labelled images have at most 3 findings, so at most 3 classes"
-            for row in rows:
-                notes[row] = note
-            continue
-        found = index.nearest(points[rows], combination=combination, k=k)
-        for i, row in enumerate(rows):
-            cases[row] = [
-                SimilarCase(str(case_id), str(name), float(distance))
-                for case_id, name, distance in zip(found.case_ids[i], found.combinations[i], found.distances[i])
-            ]
-            notes[row] = found.note
-    return SimilarResult(cases, notes)
+    found = index.nearest_per_combination(points, list(decisions), k)
+    cases = [[SimilarCase(str(case_id), str(name), float(distance))
+              for case_id, name, distance in zip(n.case_ids[0], n.combinations[0], n.distances[0])] for n in found]
+    return SimilarResult(cases, [n.note for n in found])
 
 
 def assemble(

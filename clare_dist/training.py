@@ -22,17 +22,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from clare_dist.archive import index_images, locate
 from clare_dist.cxr14 import fold_split
-from clare_dist.dataset import ScanDataset, index_images, locate, targets_for
+from clare_dist.dataset import ScanDataset, targets_for
 from clare_dist.evaluation import PREDICTION_COLUMNS, PREDICTIONS_FILE
 from clare_dist.labels import CLASSES
 from clare_dist.models import ModelConfig, ScanNet, build_model, load_backbone_from
 from clare_dist.rules import References
+from clare_dist.runs import DONE_FILE
 
 log = logging.getLogger(__name__)
 
 PHASES: tuple[str, ...] = ("baseline", "regressor")
-DONE_FILE = "done.json"
 Reporter = Callable[[dict], None]
 
 

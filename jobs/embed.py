@@ -4,7 +4,8 @@ The pipeline is decode (CPU tasks) → ONNX Runtime regression (an actor pool; C
 → rules, explanation and similar cases (CPU tasks) → Parquet. The stages are
 `clare_dist.batch` functions. Resumption is the output's own: scans already in complete part
 files are not listed again, so a rerun after a kill screens only what is missing and never
-writes a row twice.
+writes a row twice. Making a labelled archive's results the bundle's case index needs no Ray:
+`clare_dist.case_index.build_case_index`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from clare_dist.batch import (
     read_results,
 )
 from clare_dist.bundle import load_bundle
-from clare_dist.export import open_session, run_regressor
+from clare_dist.runtime import open_session, run_regressor
 from clare_dist.report import write_report
 from clare_dist.scans import ScanConfig
 from clare_dist.screening import DEFAULT_K, bundled_index
@@ -141,21 +142,3 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
     report = write_report(out_dir, results, bundle, bundled_index(bundle))
     log.info("report: %s", report)
     return results
-
-
-def build_case_index(bundle_path: Path, results: pd.DataFrame, labels: pd.DataFrame) -> int:
-    """The labelled archive's coordinates become the bundle's index of known cases."""
-    from clare_dist.case_index import CaseIndex, write_index_into_bundle
-
-    ok = results[results["status"] == "ok"].assign(image_index=lambda r: r["scan_id"].str.rsplit("/", n=1).str[-1])
-    cases = ok.merge(labels[["image_index", "combination", "fold"]], on="image_index", suffixes=("_predicted", ""))
-    if cases.empty:
-        raise ValueError("no screened scan matches an image_index of the label table; check --labels and --archive")
-    index = CaseIndex.build(pd.DataFrame({
-        "case_id": cases["image_index"], "path": cases["path"], "combination": cases["combination"],
-        "x": cases["x"].astype(np.float32), "y": cases["y"].astype(np.float32), "fold": cases["fold"].astype(int),
-    }))
-    write_index_into_bundle(bundle_path, index)
-    log.info("indexed %d known cases (%d screened scans had no label) into %s",
-             len(cases), len(ok) - len(cases), bundle_path)
-    return len(cases)

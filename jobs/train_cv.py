@@ -21,8 +21,9 @@ from ray import train, tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from clare_dist.references import load_references
-from clare_dist.training import DONE_FILE, TrainConfig, train_fold
+from clare_dist.reference_file import load_references
+from clare_dist.runs import DONE_FILE
+from clare_dist.training import TrainConfig, train_fold
 
 log = logging.getLogger(__name__)
 

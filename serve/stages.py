@@ -21,7 +21,7 @@ from ray import serve
 
 from clare_dist.bundle import load_bundle
 from clare_dist.result import INTENDED_USE, Screening
-from clare_dist.export import open_session
+from clare_dist.runtime import open_session
 from clare_dist.screening import (
     THUMBNAIL_SIZE,
     bundled_index,

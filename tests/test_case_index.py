@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper
 
-from clare_dist.bundle import load_bundle, write_bundle
+from clare_dist.bundle import Bundle, load_bundle, write_bundle
 from clare_dist.case_index import (
     ALL_CASES,
     CaseIndex,
     CaseIndexError,
     UnknownCaseError,
-    index_dir,
+    build_case_index,
     write_index_into_bundle,
 )
 from clare_dist.labels import COMBINATIONS, LabelError
@@ -146,9 +146,9 @@ def test_ties_and_duplicates_go_by_insertion_order(path):
 
 def test_pruning_by_blocks_equals_brute_force(monkeypatch, cases):
     """Query boxes of many cells (far outside the data) are pruned block by block first."""
-    from clare_dist import case_index
+    from clare_dist.case_index import grid
 
-    monkeypatch.setattr(case_index, "BLOCK_FROM", 4)
+    monkeypatch.setattr(grid, "BLOCK_FROM", 4)
     index = build(cases, "grid")
     for combination in (None, "Pa"):
         assert_exact(index, cases, queries(13), combination, 9)
@@ -193,6 +193,11 @@ def test_one_point_batches_and_per_combination_agree(index):
         np.testing.assert_array_equal(per_query[i].distances, alone.distances)
         assert per_query[i].note == alone.note and per_query[i].available == alone.available
 
+    four = index.nearest_per_combination(q[:2], ["CaPaPnPl", "Pa"], k=9)
+    assert four[0].case_ids.shape == (1, 0) and four[0].available == 0 and not four[0].complete
+    assert four[0].note == "no known case has CaPaPnPl: labelled images have at most 3 findings, so at most 3 classes"
+    np.testing.assert_array_equal(four[1].case_ids, index.nearest(q[1], "Pa", 9).case_ids)
+
 
 def test_fewer_than_k_cases_are_all_returned_and_said(index, cases):
     found = index.nearest([0.5, 0.5], RARE, k=9)
@@ -220,6 +225,8 @@ def test_bad_queries_are_refused(index):
         index.nearest([np.nan, 0.5])
     with pytest.raises(ValueError, match="one combination per point"):
         index.nearest_per_combination(np.zeros((3, 2)), ["Pa", "Pl"])
+    with pytest.raises(LabelError, match="not a combination name"):
+        index.nearest_per_combination(np.zeros((1, 2)), ["CaXx"])
 
 
 def test_counts_and_case_lookup(index, cases):
@@ -320,7 +327,8 @@ def tiny_regressor(path: Path) -> Path:
     return path
 
 
-def test_index_written_into_a_bundle(tmp_path, cases):
+def tiny_bundle(tmp_path: Path) -> Bundle:
+    """A valid bundle of `tiny_regressor`, without a case index."""
     references = References.from_mapping({name: (i % 6 / 5, i // 6 / 4) for i, name in enumerate(COMBINATIONS)})
     (tmp_path / "references.json").write_text(
         json.dumps({"format_version": 1, "order": list(COMBINATIONS), "references": references.to_mapping()})
@@ -330,10 +338,15 @@ def test_index_written_into_a_bundle(tmp_path, cases):
         backbone="resnet18", image_size=SIZE, folds=[0], ensemble=False, metrics={},
     )
     assert not bundle.has_index
+    return bundle
+
+
+def test_index_written_into_a_bundle(tmp_path, cases):
+    bundle = tiny_bundle(tmp_path)
     index = build(cases, "grid")
 
     for _ in range(2):  # writing again replaces the index
-        assert write_index_into_bundle(bundle.path, index) == index_dir(bundle.path) == bundle.index_dir
+        assert write_index_into_bundle(bundle.path, index) == bundle.index_dir == bundle.path / "index"
     reloaded = load_bundle(bundle.path)
     assert reloaded.model_version == bundle.model_version and reloaded.has_index
     entry = reloaded.manifest["index"]
@@ -345,3 +358,28 @@ def test_index_written_into_a_bundle(tmp_path, cases):
     np.testing.assert_array_equal(
         CaseIndex.load(reloaded.index_dir).nearest(q, "Pa").case_ids, index.nearest(q, "Pa").case_ids
     )
+
+
+def test_a_screened_labelled_archive_becomes_the_bundles_index(tmp_path):
+    """`embed --build-index`: each ok result row joined to its label by file name; failed or unlabelled
+    scans are left out, and the case path is where the scan was screened."""
+    bundle = tiny_bundle(tmp_path)
+    results = pd.DataFrame({
+        "scan_id": ["images_001/images/a.png", "images_001/images/b.png", "images_002/images/c.png", "d.png"],
+        "path": ["/archive/images_001/images/a.png", "/archive/images_001/images/b.png",
+                 "/archive/images_002/images/c.png", "/archive/d.png"],
+        "status": ["ok", "error", "ok", "ok"],
+        "x": [0.1, np.nan, 0.3, 0.4], "y": [0.5, np.nan, 0.7, 0.8],
+        "combination": ["Pl", None, "Pa", "Pa"],  # the predicted one: not what the index is partitioned by
+    })
+    labels = pd.DataFrame({"image_index": ["a.png", "b.png", "c.png"], "combination": ["Pa", "Pl", "No Finding"],
+                           "fold": [0, 1, 2]})
+    assert build_case_index(bundle.path, results, labels) == 2
+    reloaded = load_bundle(bundle.path)
+    assert reloaded.manifest["index"]["combinations"] == {"No Finding": 1, "Pa": 1}
+    index = CaseIndex.load(reloaded.index_dir)
+    assert index.case("a.png") == {"path": "/archive/images_001/images/a.png", "combination": "Pa", "x": pytest.approx(0.1),
+                                   "y": pytest.approx(0.5), "fold": 0}
+    assert index.nearest([0.3, 0.7], "No Finding", k=1).case_ids[0].tolist() == ["c.png"]
+    with pytest.raises(ValueError, match="no screened scan matches an image_index"):
+        build_case_index(bundle.path, results, labels.assign(image_index=["x.png", "y.png", "z.png"]))

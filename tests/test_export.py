@@ -9,15 +9,9 @@ import onnx
 import pytest
 import torch
 
-from clare_dist import export
-from clare_dist.export import (
-    ExportError,
-    FoldEnsemble,
-    export_regressor,
-    onnx_providers,
-    open_session,
-    run_regressor,
-)
+from clare_dist import export, runtime
+from clare_dist.export import ExportError, FoldEnsemble, export_regressor
+from clare_dist.runtime import onnx_providers, open_session, run_regressor
 from clare_dist.models import ModelConfig, build_model
 from clare_dist.scans import ScanConfig, preprocess_scan
 
@@ -139,10 +133,10 @@ def test_export_leaves_the_callers_model_alone(tmp_path, real_scans):
 
 def test_providers_and_session_errors(tmp_path, monkeypatch):
     both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(export.ort, "get_available_providers", lambda: both)
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: both)
     assert onnx_providers() == both
     assert onnx_providers(prefer_gpu=False) == ["CPUExecutionProvider"]
-    monkeypatch.setattr(export.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert onnx_providers() == ["CPUExecutionProvider"]
 
     with pytest.raises(FileNotFoundError, match="no ONNX model at"):

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from clare_dist.labels import COMBINATION_VECTORS, COMBINATIONS, NO_FINDING
+from clare_dist.reference_file import load_references
 from clare_dist.references import (
     AutoencoderConfig,
     LabelAutoencoder,
     ReferenceError,
     build_references,
-    load_references,
 )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clare_dist.bundle import load_bundle
-from clare_dist.export import open_session, run_regressor
+from clare_dist.runtime import open_session, run_regressor
 from clare_dist import scan_workers
 from clare_dist.scan_workers import ScanWorkers
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan

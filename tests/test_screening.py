@@ -14,10 +14,11 @@ import torch
 
 from clare_dist.bundle import Bundle, load_bundle, write_bundle
 from clare_dist.explanation import explanation
-from clare_dist.export import export_regressor, open_session, run_regressor
+from clare_dist.export import export_regressor
 from clare_dist.labels import CLASSES, COMBINATIONS, combination_vector
 from clare_dist.models import ModelConfig, build_model
 from clare_dist.rules import References, apply_rules
+from clare_dist.runtime import open_session, run_regressor
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
 from clare_dist.result import Screening
 from clare_dist.screening import NO_INDEX_NOTE, Screener, figure_paths, similar

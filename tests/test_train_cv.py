@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clare_dist.bundle import load_bundle
-from clare_dist.export import open_session, run_regressor
+from clare_dist.runtime import open_session, run_regressor
 from clare_dist.scans import ScanConfig, preprocess_scan
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clare_dist.dataset import MissingImagesError, ScanDataset, index_images, locate
+from clare_dist.archive import MissingImagesError, index_images, locate
+from clare_dist.dataset import ScanDataset
 from clare_dist.evaluation import PREDICTION_COLUMNS
-from clare_dist.references import load_references
+from clare_dist.reference_file import load_references
 from clare_dist.training import TrainConfig, train_fold
 
 TINY = dict(backbone="resnet18", image_size=48, batch_size=16, num_workers=0, learning_rate=1e-3)
@@ -21,7 +22,7 @@ TINY = dict(backbone="resnet18", image_size=48, batch_size=16, num_workers=0, le
 FOLD_SCRIPT = """
 import sys, pandas as pd, torch
 torch.set_num_threads(1)
-from clare_dist.references import load_references
+from clare_dist.reference_file import load_references
 from clare_dist.training import TrainConfig, train_fold
 root, refs, out = sys.argv[1:4]
 train_fold(0, pd.read_parquet(root + "/prepared/labels.parquet"), root + "/archive", load_references(refs), out,

@@ -53,7 +53,8 @@ def run_demo(out: Path, settings: DemoSettings, connect: Callable[[], None], say
     """Run (or resume) the demo in `out`; `connect` attaches to Ray before the first Ray step and
     `say` gets the lines a person reads. Returns the screened backlog's report."""
     from clare_dist.bundle import load_bundle
-    from clare_dist.references import REFERENCES_FILE
+    from clare_dist.case_index import build_case_index
+    from clare_dist.reference_file import REFERENCES_FILE
     from clare_dist.runs import BUNDLE_DIR, init_run
     from clare_dist.synth import write_broken_scans
     from clare_dist.training import TrainConfig
@@ -72,7 +73,7 @@ def run_demo(out: Path, settings: DemoSettings, connect: Callable[[], None], say
     run = out / "run"
     init_run(run, labels, out / "references")
     connect()
-    from jobs.embed import EmbedSettings, build_case_index, run_embed
+    from jobs.embed import EmbedSettings, run_embed
     from jobs.train_cv import run_cross_validation
 
     config = TrainConfig(backbone=settings.backbone, image_size=settings.size, epochs=settings.epochs,
