@@ -157,14 +157,14 @@ def decoder_check(indexed_tiny_bundle):
 schema = schemathesis.pytest.from_fixture("contract")
 
 
-@pytest.mark.timeout(300)  # about 15 s a topology on 2 cores
+@pytest.mark.timeout(900)  # about 15 s a topology on 2 cores; the bound covers the session fixtures it may be first to build
 @schema.parametrize()
 def test_every_operation_keeps_the_contract(case, decoder_check):
     """Examples, coverage and fuzzing phases, every operation, all of schemathesis's checks."""
     case.call_and_validate(additional_checks=[decoder_check])
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_stateful_links_keep_the_contract(contract, decoder_check):
     """Sequences that follow the document's links: a screening's similar cases to their thumbnails."""
     import hypothesis
