@@ -37,9 +37,10 @@ def _predict(bundle_path: Path, scans: list[Path]) -> dict[str, Any]:
 
 
 def _embed(bundle_path: Path, scans: list[Path]) -> dict[str, Any]:
-    from clare_dist.batch import STATUS_OK, decode_batch, finish_batch
+    from clare_dist.batch import decode_batch, finish_batch
     from clare_dist.bundle import load_bundle
-    from clare_dist.report import screening_from_row
+    from clare_dist.report import row_screening
+    from clare_dist.result import STATUS_OK
     from clare_dist.scans import ScanConfig
     from clare_dist.screening import bundled_index
     from jobs.embed import Regressor
@@ -48,9 +49,9 @@ def _embed(bundle_path: Path, scans: list[Path]) -> dict[str, Any]:
     batch = {"scan_id": np.array([s.name for s in scans], dtype=object), "path": np.array(list(map(str, scans)), dtype=object)}
     decoded = decode_batch(batch, ScanConfig().sized(bundle.image_size))
     regressed = Regressor(str(bundle.onnx_path), threads=1)(decoded)
-    rows = finish_batch(pd.DataFrame(regressed), bundle.references, bundle.model_version, bundled_index(bundle), k=K)
+    rows = finish_batch(pd.DataFrame(regressed), bundle.references, bundle.model_version, bundled_index(bundle), k=K).to_pandas()
     return {"rows": json.loads(rows.to_json(orient="records")),
-            "screenings": [screening_from_row(row).to_dict() for _, row in rows[rows["status"] == STATUS_OK].iterrows()]}
+            "screenings": [row_screening(row).to_dict() for _, row in rows[rows["status"] == STATUS_OK].iterrows()]}
 
 
 def _scan_workers(bundle_path: Path, scans: list[Path]) -> list[Any]:
@@ -75,7 +76,8 @@ def _scan_workers(bundle_path: Path, scans: list[Path]) -> list[Any]:
 
 def _serve(bundle_path: Path, scans: list[Path], images_root: Path) -> list[Any]:
     from clare_dist.runtime import open_session
-    from clare_dist.screening import ScanFailure, regress
+    from clare_dist.result import Screening
+    from clare_dist.screening import regress
     from serve.stages import CaseLookup, Preprocessor, Regressed
 
     decoder = Preprocessor.func_or_class(str(bundle_path))  # as the ingress holds them (serve/api.py)
@@ -84,11 +86,11 @@ def _serve(bundle_path: Path, scans: list[Path], images_root: Path) -> list[Any]
     found: list[Any] = []
     for scan in scans:
         decoded = decoder(scan.read_bytes(), scan.name)
-        if isinstance(decoded, ScanFailure):
+        if isinstance(decoded, Screening):  # a scan that could not be screened
             found.append(decoded.to_dict())
             continue
         coords = regress(session, decoded.scan[None], 1)[0]
         screening, _ = lookup.screen(Regressed(coords, decoded.seconds), scan.name, K)
-        png, why = lookup.case_image(screening["similar_cases"][0]["case_id"])
-        found.append({"screening": screening, "first_case_png": hashlib.sha256(png or b"").hexdigest(), "why": why})
+        png, why = lookup.case_image(screening.similar_cases[0].case_id)
+        found.append({"screening": screening.to_dict(), "first_case_png": hashlib.sha256(png or b"").hexdigest(), "why": why})
     return found

@@ -84,5 +84,5 @@ def test_the_inference_path_needs_no_torch_and_answers_the_same(indexed_tiny_bun
     assert predict["exit"] == 1 and len(predict["lines"]) == 4  # the broken scan is reported, the others screened
     assert all(line["similar_cases"] for line in predict["lines"])
     assert [row["status"] for row in here["embed"]["rows"]] == ["ok", "ok", "error", "ok", "ok"]
-    assert here["scan_workers"][2] == "truncated" and here["serve"][2]["kind"] == "truncated"
+    assert here["scan_workers"][2] == "truncated" and here["serve"][2]["error_kind"] == "truncated"
     assert [s["screening"] for s in here["serve"] if "screening" in s] == predict["lines"]
