@@ -175,7 +175,11 @@ _SERVE_PORT: list[int] = []
 
 def start_serve() -> int:
     """Serve's HTTP proxy on a free loopback port, started once in the session's Ray (which the
-    caller is connected to); later calls return the same port."""
+    caller is connected to); later calls return the same port.
+
+    On the head only: this session's two Ray nodes share one host, and with `EveryNode` a second
+    proxy starts on the worker node when a replica lands there, on the same port (SO_REUSEPORT),
+    with no routes yet, so requests split between the two answer 404 at random."""
     import socket
 
     from ray import serve
@@ -184,5 +188,5 @@ def start_serve() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             _SERVE_PORT.append(s.getsockname()[1])
-        serve.start(http_options={"host": "127.0.0.1", "port": _SERVE_PORT[0]})
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": _SERVE_PORT[0]})
     return _SERVE_PORT[0]

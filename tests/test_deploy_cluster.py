@@ -2,7 +2,8 @@
 `ray_address`: a head started with the manifests' rayStartParams, one CPU worker node).
 
 What differs from a Kubernetes cluster, and only that: the volumes' paths are replaced by
-temporary folders, and the regressor's GPU request is dropped (this machine has no GPU).
+temporary folders, the regressor's GPU request is dropped (this machine has no GPU), and Serve's
+proxy runs on the head only (both nodes share this host's ports; on Kubernetes each Pod has its own).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def test_the_rayservice_serve_config_serves(ray_address, indexed_tiny_bundle, ti
         ray.init(address=ray_address)
     port = start_serve()  # the session's proxy; the config's port 8000 may be taken on this machine
     config = yaml.safe_load(SERVE_CONFIG.read_text())
+    config["proxy_location"] = "HeadOnly"  # as the session's proxy runs (conftest.start_serve)
     (app,) = config["applications"]
     app["args"]["bundle"] = str(indexed_tiny_bundle)
     (regressor,) = [d for d in app["deployments"] if d["name"] == "Regressor"]
