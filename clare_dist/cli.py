@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     p.set_defaults(func=cmd_demo)
 
-    from clare_dist.synth_dicom import TRANSFER_SYNTAXES
+    from clare_dist.synth import TRANSFER_SYNTAXES
 
     p = sub.add_parser("synth", help="write a synthetic archive in the CXR14 layout")
     p.add_argument("--out", type=Path, required=True)
