@@ -239,11 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(run: Path, folds: list[int] | None = None, quiet: bool = False) -> dict:
-    from clare_dist.evaluation import (
-        evaluate_run,
-        evaluation_markdown,
-        write_evaluation,
-    )
+    from clare_dist.evaluation import evaluate_run
+    from clare_dist.evaluation_report import evaluation_markdown, write_evaluation
     from clare_dist.runs import EVALUATION_DIR
 
     evaluation = evaluate_run(run, folds)
@@ -264,7 +261,7 @@ def _export(run: Path, images: Path, fold: int | None, ensemble: bool):
 
     import pandas as pd
 
-    from clare_dist.runs import check_images, export_run
+    from clare_dist.run_export import check_images, export_run
 
     settings = json.loads(next(run.glob("fold_*/done.json")).read_text())["config"]
     table = pd.read_parquet(run / LABELS_FILE)

@@ -129,7 +129,7 @@ def tiny_bundle(tiny_archive: Path, reference_dir: Path, tmp_path_factory: pytes
     from clare_dist.bundle import write_bundle
     from clare_dist.export import export_regressor
     from clare_dist.models import ModelConfig, build_model
-    from clare_dist.runs import check_images
+    from clare_dist.run_export import check_images
 
     import torch
 
