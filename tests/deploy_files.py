@@ -46,6 +46,11 @@ def object_id(item: tuple[str, dict]) -> str:
     return f"{name}:{doc['kind']}/{doc['metadata']['name']}"
 
 
+def object_name(doc: dict) -> str:
+    """An object's metadata.name: the id of a test run once per job or service."""
+    return doc["metadata"]["name"]
+
+
 def jobs() -> list[dict]:
     return [doc for _, doc in ray_objects() if doc["kind"] == "RayJob"]
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_files import groups, jobs, ray_container, the
+from deploy_files import groups, jobs, object_name, ray_container, the
 
 # Besides clare-dist, what an entrypoint may run (shell built-ins that guard the steps).
 SHELL_WORDS = {"set", "test", "["}
@@ -185,12 +185,12 @@ def entrypoint_path_problems(job: dict) -> list[str]:
 # ---- the tests ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("job", jobs(), ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("job", jobs(), ids=object_name)
 def test_rayjob_entrypoint_is_a_command_clare_dist_accepts(job):
     assert entrypoint_problems(job) == []
 
 
-@pytest.mark.parametrize("job", jobs(), ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("job", jobs(), ids=object_name)
 def test_rayjob_entrypoint_reaches_ray_whole_through_kuberays_submitter(job):
     submitted = submitted_entrypoint(job["spec"]["entrypoint"])
     assert submitted.stderr == ""
@@ -198,7 +198,7 @@ def test_rayjob_entrypoint_reaches_ray_whole_through_kuberays_submitter(job):
     assert entrypoint_commands(ray_entrypoint) == entrypoint_commands(job["spec"]["entrypoint"])
 
 
-@pytest.mark.parametrize("job", jobs(), ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("job", jobs(), ids=object_name)
 def test_rayjob_entrypoint_paths_are_on_the_right_volumes(job):
     assert entrypoint_path_problems(job) == []
 

@@ -22,6 +22,7 @@ from deploy_files import (
     kustomization,
     manifest_files,
     object_id,
+    object_name,
     ray_container,
     ray_objects,
     services,
@@ -147,7 +148,7 @@ def test_the_embed_job_autoscales_a_cpu_and_a_gpu_group():
     assert all(g["minReplicas"] == 0 < g["maxReplicas"] for g in workers)
 
 
-@pytest.mark.parametrize("job", jobs(), ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("job", jobs(), ids=object_name)
 def test_rayjob_policies(job):
     assert job_policy_problems(job) == []
 

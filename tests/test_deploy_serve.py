@@ -16,7 +16,18 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_files import KUBERAY_DIR, REPO, SERVE_CONFIG, groups, kustomization, pyproject, ray_container, services, the
+from deploy_files import (
+    KUBERAY_DIR,
+    REPO,
+    SERVE_CONFIG,
+    groups,
+    kustomization,
+    object_name,
+    pyproject,
+    ray_container,
+    services,
+    the,
+)
 
 TOKEN_ENV = "CLARE_API_TOKEN"
 
@@ -180,12 +191,12 @@ def serve_settings_problems(service: dict) -> list[str]:
 # ---- the tests ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", services(), ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("service", services(), ids=object_name)
 def test_rayservice_serves_serve_config_yaml(service):
     assert serve_config_problems(service) == []
 
 
-@pytest.mark.parametrize("service", services(), ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("service", services(), ids=object_name)
 def test_rayservice_pods_mount_the_bundle_and_get_the_token(service):
     assert bundle_mount_problems(service) + token_env_problems(service) + probe_problems(service) == []
 
@@ -197,7 +208,7 @@ def test_rayservice_settings():
     assert spec["upgradeStrategy"]["type"] == "NewCluster"
 
 
-@pytest.mark.parametrize("service", services(), ids=lambda d: d["metadata"]["name"])
+@pytest.mark.parametrize("service", services(), ids=object_name)
 def test_rayservice_application_builds_with_the_configured_args(service):
     assert serve_app_problems(service) == []
 
