@@ -27,7 +27,7 @@ from common import RESULTS_DIR, full_size_originals, machine, summary_ms, write_
 from PIL import Image
 
 from clare_dist.scans import ScanConfig, preprocess_scan
-from clare_dist.synth_dicom import TRANSFER_SYNTAXES, encode_dx
+from clare_dist.synth import TRANSFER_SYNTAXES, encode_dx
 
 PEAK_PROBE = textwrap.dedent("""
     import re, sys

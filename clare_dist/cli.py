@@ -119,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_evaluation(run: Path, folds: list[int] | None = None) -> None:
-    from clare_dist.evaluation import evaluation_markdown
+    from clare_dist.evaluation_report import evaluation_markdown
     from clare_dist.steps.evaluate import evaluate
 
     evaluation, paths = evaluate(run, folds)
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_options(p)
     p.set_defaults(func=cmd_demo)
 
-    from clare_dist.synth_dicom import TRANSFER_SYNTAXES
+    from clare_dist.synth import TRANSFER_SYNTAXES
 
     p = sub.add_parser("synth", help="write a synthetic archive in the CXR14 layout")
     p.add_argument("--out", type=Path, required=True)

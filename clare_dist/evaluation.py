@@ -1,20 +1,20 @@
-"""Evaluation of a cross-validation run: the paper's Tables 2-4, the regression MSE, Fig. 4, ROC/PR.
+"""Evaluation of a cross-validation run, the numbers: the paper's Tables 2-4 and the regression MSE.
 
 Input contract (written by the training code, one file per evaluated fold k):
-`RUN/fold_{k}/predictions.parquet` holds fold k's *test* images with `PREDICTION_COLUMNS`:
-the ground truth (`combination` and its five 0/1 class bits), the regressor's predicted
-normalised coordinate (`x`, `y`) and the baseline classifier's five sigmoid probabilities
-(`p_Ca` ... `p_Ot`). The references are `RUN/references.json`.
+`RUN/fold_{k}/predictions.parquet` (`runs.py` says where) holds fold k's *test* images with
+`PREDICTION_COLUMNS`: the ground truth (`combination` and its five 0/1 class bits), the
+regressor's predicted normalised coordinate (`x`, `y`) and the baseline classifier's five
+sigmoid probabilities (`p_Ca` ... `p_Ot`). The references are `RUN/references.json`.
 
 The core is pure: `evaluate_fold` turns one fold's predictions into its tables, `summarise`
-turns the folds into mean ± std (sample std, ddof=1, over folds, as DESIGN.md §1 decides).
-I/O stays at the edges: `evaluate_run` reads a run directory, `write_evaluation` writes
-`evaluation.md`, `evaluation.json` and the two pictures.
+turns the folds into mean ± std (sample std, ddof=1, over folds, as DESIGN.md §1 decides);
+`evaluate_run` reads a run directory. The report of these numbers (Markdown, JSON, Fig. 4 and
+the ROC/PR curves) is `evaluation_report.py`, apart because it draws with matplotlib, which the
+training workers that import this module's contract must not load.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,13 +27,12 @@ import pandas as pd
 
 from clare_dist import metrics
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, COMBINATIONS
-from clare_dist.plots import predictions_by_combination_figure, roc_pr_figure, save_figure
 from clare_dist.reference_file import load_references
 from clare_dist.rules import References, apply_rules, pattern_names
+from clare_dist.runs import PREDICTIONS_FILE, fold_dir, fold_dirs
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.parquet"
 PROBABILITY_COLUMNS: list[str] = [f"p_{code}" for code in CLASSES]
 # A list, not a tuple, so that `df[PREDICTION_COLUMNS]` selects columns.
 PREDICTION_COLUMNS: list[str] = ["image_index", "fold", "combination", *CLASSES, "x", "y", *PROBABILITY_COLUMNS]
@@ -44,15 +43,6 @@ SETTINGS: tuple[str, ...] = BASELINES + RULE_SETTINGS
 AT_R4_RECALL = "B_at_R4_recall"
 AT_R4_PRECISION = "B_at_R4_precision"
 TABLE4: tuple[str, ...] = (AT_R4_RECALL, AT_R4_PRECISION)
-
-INTENDED_USE = "Intended use: a screening aid for research, not a certified medical device."
-FORMAT_VERSION = 1
-FILES = {
-    "markdown": "evaluation.md",
-    "json": "evaluation.json",
-    "fig4": "fig4_predictions.png",
-    "roc_pr": "roc_pr.png",
-}
 
 
 # ----------------------------------------------------------------------------- input contract
@@ -194,7 +184,7 @@ class RunEvaluation:
     def headline(self) -> dict[str, Any]:
         """The numbers a model bundle's manifest and a reader want first; JSON-safe (nan → None)."""
         f1 = {s: float(self.mean[s].loc[metrics.MEAN_ROW, "f1"]) for s in SETTINGS}
-        f1_std = {s: _finite(self.std[s].loc[metrics.MEAN_ROW, "f1"]) for s in SETTINGS}
+        f1_std = {s: finite_or_none(self.std[s].loc[metrics.MEAN_ROW, "f1"]) for s in SETTINGS}
         return {
             "r4_mean_f1": f1["R4"],
             "r4_mean_f1_std": f1_std["R4"],
@@ -205,7 +195,7 @@ class RunEvaluation:
             "r4_beats_baseline_pr": bool(f1["R4"] > f1["B_PR"]),
             "r4_beats_baseline_roc": bool(f1["R4"] > f1["B_ROC"]),
             "regression_mse": self.regression_mse,
-            "regression_mse_std": _finite(self.regression_mse_std),
+            "regression_mse_std": finite_or_none(self.regression_mse_std),
             "folds": list(self.folds),
             "images": int(sum(e.n_images for e in self.fold_evaluations)),
         }
@@ -254,13 +244,12 @@ def evaluate_run(run_dir: str | os.PathLike, folds: Sequence[int] | None = None)
     run = Path(run_dir)
     references = load_references(run)
     if folds is None:
-        folds = sorted(int(p.name.removeprefix("fold_")) for p in run.glob("fold_*")
-                       if p.is_dir() and p.name.removeprefix("fold_").isdigit())
+        folds = fold_dirs(run)
         if not folds:
             raise FileNotFoundError(f"{run} has no fold_k directories with {PREDICTIONS_FILE}; train the run first")
     frames, evaluations = [], []
     for fold in folds:
-        path = run / f"fold_{fold}" / PREDICTIONS_FILE
+        path = fold_dir(run, fold) / PREDICTIONS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"fold {fold} has no predictions: {path} is missing (is the fold still training? "
                                     f"pass folds=[...] to evaluate only finished folds)")
@@ -276,145 +265,6 @@ def evaluate_run(run_dir: str | os.PathLike, folds: Sequence[int] | None = None)
     return summarise(evaluations, pd.concat(frames, ignore_index=True), references)
 
 
-# ----------------------------------------------------------------------------- reports
-
-
-_METRIC_LABELS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1"}
-
-
-def _cells(evaluation: RunEvaluation, name: str) -> pd.DataFrame:
-    return metrics.format_mean_std(evaluation.mean[name], evaluation.std[name])
-
-
-def _paired_table(evaluation: RunEvaluation, settings: Sequence[str]) -> pd.DataFrame:
-    """Metric-major columns with one sub-column per setting, as the paper lays out Tables 2-3."""
-    cells = {s: _cells(evaluation, s) for s in settings}
-    table = pd.DataFrame({f"{label} {s}": cells[s][metric] for metric, label in _METRIC_LABELS.items()
-                          for s in settings})
-    return table.rename_axis("Class")
-
-
-def _table4(evaluation: RunEvaluation) -> pd.DataFrame:
-    at_recall, at_precision = _cells(evaluation, AT_R4_RECALL), _cells(evaluation, AT_R4_PRECISION)
-    columns = ["Recall (fixed by R4)", "Precision", "F1", "Precision (fixed by R4)", "Recall", "F1"]
-    values = [at_recall["recall"], at_recall["precision"], at_recall["f1"],
-              at_precision["precision"], at_precision["recall"], at_precision["f1"]]
-    return pd.DataFrame(np.column_stack(values), index=at_recall.index, columns=columns).rename_axis("Class")
-
-
-def _verdict(evaluation: RunEvaluation) -> str:
-    """The plain answer to the paper's claim: did R4's mean F1 beat the baseline's?"""
-    h = evaluation.headline
-    f1 = {s: _cells(evaluation, s).loc[metrics.MEAN_ROW, "f1"] for s in ("R4", "B_PR", "B_ROC")}
-    verb = {True: "beat", False: "did not beat"}
-    return (f"**R4 against the baseline:** R4's mean F1 ({f1['R4']}) {verb[h['r4_beats_baseline_pr']]} "
-            f"the baseline with PR thresholds (B_PR, {f1['B_PR']}) and {verb[h['r4_beats_baseline_roc']]} "
-            f"the baseline with ROC thresholds (B_ROC, {f1['B_ROC']}).")
-
-
-def evaluation_markdown(evaluation: RunEvaluation) -> str:
-    """The report: Tables 2-4 laid out like the paper, mean ± std over folds, and the verdict."""
-    folds = ", ".join(str(f) for f in evaluation.folds)
-    n_images = evaluation.headline["images"]
-    mse = metrics.format_mean_std(pd.DataFrame([[evaluation.regression_mse]]),
-                                  pd.DataFrame([[evaluation.regression_mse_std]]), digits=4).iloc[0, 0]
-    per_fold = evaluation.per_fold_f1.copy()
-    per_fold.index = per_fold.index.astype(str)
-    mse_table = pd.DataFrame({
-        "Images": evaluation.mse_by_combination["images"],
-        "MSE": metrics.format_mean_std(evaluation.mse_by_combination[["mean"]], evaluation.mse_by_combination[["std"]],
-                                       digits=4)["mean"],
-    }).rename_axis("Combination")
-    parts = [
-        "# CLARE-XR evaluation",
-        INTENDED_USE,
-        f"Folds evaluated: {folds} ({len(evaluation.folds)} of 5; {n_images:,} test images). "
-        "Values are mean ± sample standard deviation (ddof=1) over the folds; MEAN is the unweighted "
-        "mean of the five classes.",
-        _verdict(evaluation),
-        f"Regression MSE to the ground-truth reference coordinate: {mse}.",
-        "## Table 2. Baseline classifier (B_ROC: thresholds maximising TPR − FPR; "
-        "B_PR: precision–recall break-even)",
-        "Thresholds are chosen on each evaluated test fold itself, as the paper's Table 2 implies; "
-        "this favours the baseline, so the comparison is conservative for CLARE-XR.",
-        metrics.to_markdown(_paired_table(evaluation, BASELINES)),
-        "## Table 3. CLARE-XR sets of rules R1-R4",
-        metrics.to_markdown(_paired_table(evaluation, RULE_SETTINGS[:2])),
-        metrics.to_markdown(_paired_table(evaluation, RULE_SETTINGS[2:])),
-        "## Table 4. Baseline with recall or precision fixed by R4",
-        "Per class, the baseline's threshold is moved to R4's recall (left) or precision (right) of the "
-        "same fold; the fixed column shows the value the baseline reaches there (recall ≥ R4's; precision "
-        "the closest it can reach).",
-        metrics.to_markdown(_table4(evaluation)),
-        "## Mean F1 per fold",
-        metrics.to_markdown(per_fold),
-        "## Regression MSE per ground-truth combination",
-        metrics.to_markdown(mse_table),
-        f"Figures: `{FILES['fig4']}` (test predictions per combination on the reference space, as the "
-        f"paper's Fig. 4) and `{FILES['roc_pr']}` (baseline ROC and PR curves pooled over the evaluated "
-        "folds, with R4's operating point per class).",
-    ]
-    return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
-
-
-def _finite(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """A number for JSON: NaN and infinities (e.g. the std of one fold) become None."""
     return float(value) if math.isfinite(value) else None
-
-
-def _table_json(table: pd.DataFrame) -> dict[str, dict[str, float | None]]:
-    return {str(row): {str(col): _finite(v) for col, v in values.items()} for row, values in table.iterrows()}
-
-
-def evaluation_document(evaluation: RunEvaluation) -> dict[str, Any]:
-    """Every number of the report, machine-readable: mean and std apart, and each fold's own."""
-    names = (*SETTINGS, *TABLE4)
-    return {
-        "format_version": FORMAT_VERSION,
-        "intended_use": INTENDED_USE,
-        "headline": evaluation.headline,
-        "tables": {n: {"mean": _table_json(evaluation.mean[n]), "std": _table_json(evaluation.std[n])} for n in names},
-        "per_fold_mean_f1": {str(f): {s: float(v) for s, v in row.items()}
-                             for f, row in evaluation.per_fold_f1.iterrows()},
-        "regression": {
-            "mse": {"mean": evaluation.regression_mse, "std": _finite(evaluation.regression_mse_std)},
-            "by_combination": _table_json(evaluation.mse_by_combination.astype(float)),
-        },
-        "folds": {
-            str(e.fold): {
-                "images": e.n_images,
-                "thresholds": _table_json(e.thresholds),
-                "tables": {n: _table_json(e.tables[n]) for n in SETTINGS}
-                | {n: _table_json(e.table4[n]) for n in TABLE4},
-                "regression_mse": e.regression_mse,
-                "mse_by_combination": {str(k): float(v) for k, v in e.mse_by_combination.items()},
-            }
-            for e in evaluation.fold_evaluations
-        },
-    }
-
-
-def write_evaluation(evaluation: RunEvaluation, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write evaluation.md, evaluation.json, fig4_predictions.png and roc_pr.png into `out_dir`.
-
-    The ROC/PR curves pool all evaluated folds' test images (each image is in exactly one test
-    fold, so the pool is the evaluated data seen once); R4's pooled operating point per class
-    is marked on them.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {key: out / name for key, name in FILES.items()}
-    paths["markdown"].write_text(evaluation_markdown(evaluation))
-    paths["json"].write_text(json.dumps(evaluation_document(evaluation), indent=2, allow_nan=False) + "\n")
-
-    data = evaluation.predictions
-    coords = data[["x", "y"]].to_numpy(dtype=np.float64)
-    save_figure(predictions_by_combination_figure(evaluation.references, coords, data["combination"].to_numpy()),
-                paths["fig4"])
-    folds = ", ".join(str(f) for f in evaluation.folds)
-    save_figure(roc_pr_figure(data[list(CLASSES)].to_numpy(), data[PROBABILITY_COLUMNS].to_numpy(dtype=np.float64),
-                              decision_bits=apply_rules(coords, evaluation.references).bits["r4"],
-                              title=f"Baseline ROC / PR per class, pooled over test folds {folds} "
-                                    f"({len(data):,} images); diamonds: CLARE-XR R4"),
-                paths["roc_pr"])
-    logger.info("evaluation written to %s", out)
-    return paths

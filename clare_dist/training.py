@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader
 from clare_dist.archive import index_images, locate
 from clare_dist.cxr14 import fold_split
 from clare_dist.dataset import ScanDataset, targets_for
-from clare_dist.evaluation import PREDICTION_COLUMNS, PREDICTIONS_FILE
+from clare_dist.evaluation import PREDICTION_COLUMNS
 from clare_dist.labels import CLASSES
 from clare_dist.models import ModelConfig, ScanNet, build_model, load_backbone_from
 from clare_dist.rules import References
-from clare_dist.runs import DONE_FILE
+from clare_dist.runs import DONE_FILE, HISTORY_FILE, LAST_CHECKPOINT, PREDICTIONS_FILE, best_weights, phase_dir
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,9 @@ def _run_epoch(model: ScanNet, loader: DataLoader, loss_fn: nn.Module, device: t
 def train_phase(phase: str, fold: int, data: FoldData, references: References, fold_dir: Path,
                 config: TrainConfig, report: Reporter | None = None) -> Path:
     """Train one phase with per-epoch checkpoints; returns the best weights' path."""
-    phase_dir = fold_dir / phase
-    phase_dir.mkdir(parents=True, exist_ok=True)
-    last, best_path = phase_dir / "last.pt", phase_dir / "best.pt"
+    phase_path = phase_dir(fold_dir, phase)
+    phase_path.mkdir(parents=True, exist_ok=True)
+    last, best_path = phase_path / LAST_CHECKPOINT, best_weights(fold_dir, phase)
     device = resolve_device(config.device)
     head, kind = ("classification", "bits") if phase == "baseline" else ("regression", "coords")
     model = build_model(ModelConfig(backbone=config.backbone, head=head, weights=config.weights)).to(device)
@@ -160,7 +160,7 @@ def train_phase(phase: str, fold: int, data: FoldData, references: References, f
         state = checkpoint["state"]
         log.info("fold %d %s: resuming after epoch %d", fold, phase, state["epoch"] + 1)
     elif phase == "regressor":
-        baseline = torch.load(fold_dir / "baseline" / "best.pt", map_location=device, weights_only=True)
+        baseline = torch.load(best_weights(fold_dir, "baseline"), map_location=device, weights_only=True)
         load_backbone_from(model, baseline)
     if state["done"]:
         return best_path
@@ -188,7 +188,7 @@ def train_phase(phase: str, fold: int, data: FoldData, references: References, f
         state["done"] = state["stale"] >= config.patience or epoch == config.epochs - 1
         _save_atomic({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                       "scaler": scaler.state_dict(), "state": state}, last)
-        _write_json_atomic(state["history"], phase_dir / "history.json")
+        _write_json_atomic(state["history"], phase_path / HISTORY_FILE)
         log.info("fold %d %s epoch %d/%d: train %.4f, val %.4f%s (%.1f s)", fold, phase, epoch + 1, config.epochs,
                  train_loss, val_loss, " best" if improved else "", state["history"][-1]["seconds"])
         if report is not None:

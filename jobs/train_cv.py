@@ -22,7 +22,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from clare_dist.reference_file import load_references
-from clare_dist.runs import DONE_FILE
+from clare_dist.runs import RAY_DIR, finished_folds, fold_dir, fold_name
 from clare_dist.training import TrainConfig, train_fold
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _train_worker(config: dict) -> None:
     table = pd.read_parquet(config["labels"])
     references = load_references(config["references"])
     train_fold(
-        config["fold"], table, config["images"], references, Path(config["run"]) / f"fold_{config['fold']}",
+        config["fold"], table, config["images"], references, fold_dir(Path(config["run"]), config["fold"]),
         TrainConfig(**config["train"]), report=train.report,
     )
 
@@ -54,8 +54,8 @@ def _fold_trial(config: dict) -> None:
             resources_per_worker={"CPU": config["cpus_per_fold"] - TRIAL_DRIVER_CPU},
         ),
         run_config=train.RunConfig(
-            name=f"fold_{config['fold']}",
-            storage_path=str(Path(config["run"]) / "ray"),
+            name=fold_name(config["fold"]),
+            storage_path=str(Path(config["run"]) / RAY_DIR),
             failure_config=train.FailureConfig(max_failures=config["max_failures"]),
             callbacks=[TuneReportCallback()],
         ),
@@ -64,7 +64,9 @@ def _fold_trial(config: dict) -> None:
 
 
 def pending_folds(run: Path, folds: Sequence[int]) -> list[int]:
-    return [f for f in folds if not (run / f"fold_{f}" / DONE_FILE).exists()]
+    """The folds of `folds` without their `done.json`: to train, or to resume."""
+    done = set(finished_folds(run))
+    return [f for f in folds if f not in done]
 
 
 def run_cross_validation(
@@ -95,7 +97,7 @@ def run_cross_validation(
         tune.with_resources(_fold_trial, {"cpu": TRIAL_DRIVER_CPU}),
         param_space={**shared, "fold": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=f"cv-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run / "ray")),
+        run_config=tune.RunConfig(name=f"cv-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run / RAY_DIR)),
     )
     results = tuner.fit()
     failed = [r for r in results if r.error is not None]

@@ -34,7 +34,7 @@ from pydicom.uid import (
 
 from scan_files import dicom_bytes, gradient, png_bytes
 
-from clare_dist.synth_dicom import TRANSFER_SYNTAXES, encode_dx
+from clare_dist.synth import TRANSFER_SYNTAXES, encode_dx
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 from clare_dist import evaluation as ev
+from clare_dist.evaluation_report import evaluation_markdown, write_evaluation
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, COMBINATION_VECTORS, COMBINATIONS, NO_FINDING
 from clare_dist.metrics import MEAN_ROW
 from clare_dist.rules import References
+from clare_dist.runs import PREDICTIONS_FILE, fold_dir
 
 # With every combination present equally often, each class is in 11 of the 26 combinations
 # (1 single, 4 pairs, 6 triples): prevalence 11/26 for every class.
@@ -56,8 +58,8 @@ def write_run(run: Path, references: References, frames: dict[int, pd.DataFrame]
     run.mkdir(parents=True, exist_ok=True)
     (run / "references.json").write_text(json.dumps({"format_version": 1, "references": references.to_mapping()}))
     for fold, frame in frames.items():
-        (run / f"fold_{fold}").mkdir(exist_ok=True)
-        frame.to_parquet(run / f"fold_{fold}" / ev.PREDICTIONS_FILE)
+        fold_dir(run, fold).mkdir(exist_ok=True)
+        frame.to_parquet(fold_dir(run, fold) / PREDICTIONS_FILE)
     return run
 
 
@@ -208,13 +210,13 @@ def test_one_perfect_fold_reports_that_r4_did_not_beat_a_perfect_baseline():
     result = ev.summarise([ev.evaluate_fold(frame, refs)], frame, refs)
     assert result.headline["r4_mean_f1_std"] is None  # undefined with one fold
     assert result.headline["r4_beats_baseline_pr"] is False
-    text = ev.evaluation_markdown(result)
+    text = evaluation_markdown(result)
     assert "did not beat the baseline with PR thresholds (B_PR, 1.000)" in text
     assert "Folds evaluated: 0 (1 of 5; 52 test images)" in text
 
 
 def test_write_evaluation_files(noisy_evaluation, tmp_path):
-    paths = ev.write_evaluation(noisy_evaluation, tmp_path / "out")
+    paths = write_evaluation(noisy_evaluation, tmp_path / "out")
     assert set(paths) == {"markdown", "json", "fig4", "roc_pr"}
     for key in ("fig4", "roc_pr"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

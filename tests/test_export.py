@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import sample_scans
 
 from clare_dist import export, runtime
 from clare_dist.export import ExportError, FoldEnsemble, export_regressor
@@ -16,7 +15,6 @@ from clare_dist.models import ModelConfig, build_model
 from clare_dist.scans import ScanConfig, preprocess_scan
 
 SIZE = 64
-SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr14-sample" / "images"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,10 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def real_scans() -> np.ndarray:
-    files = sorted(SAMPLE_IMAGES.glob("*.png"))[:5]
-    if len(files) < 5:
-        pytest.skip(f"needs the CXR14 sample scans in {SAMPLE_IMAGES}, which are absent on this checkout")
-    return np.stack([preprocess_scan(f, ScanConfig(size=SIZE)) for f in files])
+    return np.stack([preprocess_scan(f, ScanConfig(size=SIZE)) for f in sample_scans(5)])
 
 
 def regressors(n: int) -> list:

@@ -21,7 +21,7 @@ from hostile_files import Hostile, corpus, scan_png, stored_scan, write_special_
 from scan_files import dicom_bytes, gradient
 
 from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError, preprocess_scan, read_scan
-from clare_dist.synth_dicom import TRANSFER_SYNTAXES
+from clare_dist.synth import TRANSFER_SYNTAXES
 
 CORPUS = corpus()
 LOSSY = {"jpeg-ls-near": (0.5, 1), "jpeg2000-lossy": (1.0, 12)}  # (mean, max) gray levels off

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sample_scans
 
 from clare_dist.bundle import load_bundle
 from clare_dist.runtime import open_session, run_regressor
@@ -18,15 +19,10 @@ from clare_dist import scan_workers
 from clare_dist.scan_workers import ScanWorkers
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
 
-SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr14-sample" / "images"
-
 
 @pytest.fixture(scope="module")
 def scans() -> list[bytes]:
-    files = sorted(SAMPLE_IMAGES.glob("*.png"))[:6]
-    if len(files) < 6:
-        pytest.skip(f"needs the CXR14 sample scans in {SAMPLE_IMAGES}, which are absent on this checkout")
-    return [f.read_bytes() for f in files]
+    return [f.read_bytes() for f in sample_scans(6)]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 
+from conftest import SAMPLE, SAMPLE_IMAGES, missing_shared
 from scan_files import dicom_bytes, gradient, png_bytes, png_with_header_size
 
 from clare_dist.scans import (
@@ -26,15 +27,14 @@ from clare_dist.scans import (
     sniff_format,
 )
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr14-sample"
 RGBA_ORIGINALS = ["00000100_000", "00001369_000", "00002578_000", "00004934_000", "00005224_000", "00005813_000"]
 L_ORIGINALS = ["00000001_000", "00000013_003", "00009285_000", "00027426_000"]
 
 
 @pytest.fixture(scope="module")
 def sample() -> Path:
-    if not (SAMPLE / "images").is_dir():
-        pytest.skip("the real CXR14 images are needed, because ../shared/data is absent")
+    if not SAMPLE_IMAGES.is_dir():
+        missing_shared("the real CXR14 images", SAMPLE_IMAGES)
     return SAMPLE
 
 

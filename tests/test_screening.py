@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SAMPLE_IMAGES, sample_scans
 
 from clare_dist.bundle import Bundle, load_bundle, write_bundle
 from clare_dist.explanation import explanation
@@ -24,17 +25,13 @@ from clare_dist.result import Screening
 from clare_dist.screening import NO_INDEX_NOTE, Screener, figure_paths, similar
 
 SIZE = 48
-SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr14-sample" / "images"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def scan_files() -> list[Path]:
-    files = sorted(SAMPLE_IMAGES.glob("*.png"))[:6]
-    if len(files) < 6:
-        pytest.skip(f"needs the CXR14 sample scans in {SAMPLE_IMAGES}, which are absent on this checkout")
-    return files
+    return sample_scans(6)
 
 
 @pytest.fixture(scope="module")

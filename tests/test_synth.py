@@ -24,14 +24,9 @@ from clare_dist.labels import (
     findings_vector,
     parse_finding_labels,
 )
-from clare_dist.synth import (
-    SynthConfig,
-    draw_combinations,
-    draw_findings,
-    render_scan,
-    sample_anatomy,
-    write_archive,
-)
+from clare_dist.synth import SynthConfig, write_archive
+from clare_dist.synth.draws import draw_combinations, draw_findings
+from clare_dist.synth.radiograph import render_scan, sample_anatomy
 
 HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

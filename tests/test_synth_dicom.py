@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from clare_dist.cli import main
 from clare_dist.synth import SynthConfig, write_archive
-from clare_dist.synth_dicom import (
+from clare_dist.synth.dicom import (
     J2K_LOSSY_PSNR,
     JPEG_LS_NEAR,
     LOSSY_SYNTAXES,

@@ -34,6 +34,7 @@ def _history(path):
     return json.loads(path.read_text()) if path.exists() else []
 
 
+@pytest.mark.slow
 def test_a_killed_fold_resumes_without_redoing_epochs(tiny_archive, reference_dir, tmp_path):
     fold_dir = tmp_path / "fold_0"
     script = FOLD_SCRIPT.replace("{TINY!r}", repr(TINY))
@@ -72,6 +73,7 @@ def test_a_killed_fold_resumes_without_redoing_epochs(tiny_archive, reference_di
     assert os.stat(fold_dir / "done.json").st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_after_patience(tiny_archive, reference_dir, tmp_path):
     table = pd.read_parquet(tiny_archive / "prepared" / "labels.parquet")
     config = TrainConfig(epochs=6, patience=1, **{**TINY, "learning_rate": 0.5})

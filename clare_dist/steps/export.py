@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -10,8 +9,9 @@ def export(run: Path, images: Path, fold: int | None, ensemble: bool):
     """Export one fold (the first finished unless given) or the mean of all folds; returns the bundle."""
     import pandas as pd
 
-    from clare_dist.runs import LABELS_FILE, check_images, export_run
+    from clare_dist.run_export import check_images, export_run
+    from clare_dist.runs import LABELS_FILE, fold_settings
 
-    settings = json.loads(next(run.glob("fold_*/done.json")).read_text())["config"]
+    settings = fold_settings(run, None if ensemble else fold)
     table = pd.read_parquet(run / LABELS_FILE)
     return export_run(run, check_images(table, images, settings["image_size"]), fold=fold, ensemble=ensemble)

@@ -37,7 +37,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from . import __version__
+from .. import __version__
 
 # `--transfer-syntax` names -> the transfer syntax a file is written in.
 TRANSFER_SYNTAXES: dict[str, UID] = {

@@ -1,0 +1,75 @@
+"""A finished run becomes a model bundle: its regressor (one fold's or the fold ensemble) exported
+to ONNX, checked against torch on the run's own scans, with the evaluation's headline metrics.
+
+Apart from the run's layout (`runs.py`) because it needs ONNX, ONNX Runtime and the decoders,
+which the training workers that ask the layout for their paths do not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clare_dist.archive import index_images, locate
+from clare_dist.bundle import Bundle, write_bundle
+from clare_dist.export import export_regressor
+from clare_dist.models import ModelConfig, build_model
+from clare_dist.reference_file import REFERENCES_FILE
+from clare_dist.runs import (
+    BUNDLE_DIR,
+    EVALUATION_DIR,
+    EVALUATION_FILES,
+    EXPORT_DIR,
+    LABELS_FILE,
+    best_weights,
+    file_sha256,
+    finished_folds,
+    fold_dir,
+    fold_settings,
+)
+from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
+
+log = logging.getLogger(__name__)
+
+
+def check_images(table: pd.DataFrame, image_root: Path, image_size: int, count: int = 16) -> list[np.ndarray]:
+    """A few of the run's own test scans, decoded, for verifying the exported graph."""
+    names = table.sort_values("image_index")["image_index"].head(count * 2)
+    images = []
+    for path in locate(names, index_images(image_root), image_root):
+        try:
+            images.append(preprocess_scan(path, ScanConfig(size=image_size)))
+        except ScanError as exc:
+            log.warning("skipping %s as a check image: %s", path.name, exc)
+        if len(images) == count:
+            break
+    return images
+
+
+def export_run(run: Path, images: Sequence[np.ndarray], fold: int | None = None, ensemble: bool = False) -> Bundle:
+    """Export one fold's regressor (default: the first finished) or the fold ensemble as the bundle."""
+    settings = fold_settings(run, None if ensemble else fold)
+    folds = finished_folds(run) if ensemble else [fold if fold is not None else finished_folds(run)[0]]
+    models = []
+    for f in folds:
+        model = build_model(ModelConfig(backbone=settings["backbone"], head="regression"))
+        model.load_state_dict(torch.load(best_weights(fold_dir(run, f), "regressor"), map_location="cpu", weights_only=True))
+        models.append(model.eval())
+    onnx_path = run / EXPORT_DIR / "regressor.onnx"
+    report = export_regressor(models, onnx_path, settings["image_size"], images)
+    evaluation = run / EVALUATION_DIR / EVALUATION_FILES["json"]
+    headline = json.loads(evaluation.read_text()).get("headline", {}) if evaluation.exists() else {}
+    bundle = write_bundle(
+        run / BUNDLE_DIR, onnx_path, run / REFERENCES_FILE,
+        backbone=settings["backbone"], image_size=settings["image_size"], folds=folds, ensemble=ensemble,
+        metrics={**headline, "onnx_max_abs_diff": report.max_abs_diff}, data_hash=file_sha256(run / LABELS_FILE)[:16],
+    )
+    os.remove(onnx_path)
+    return bundle
