@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from clare_dist.errors import ClareError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
-class MissingImagesError(FileNotFoundError):
+class MissingImagesError(ClareError, FileNotFoundError):
     """Label rows whose scan file is not under the image root."""
 
 

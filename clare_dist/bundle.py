@@ -32,6 +32,7 @@ from typing import Any, Callable
 import onnx
 
 from clare_dist import __version__
+from clare_dist.errors import ClareError
 from clare_dist.reference_file import REFERENCES_FILE, load_references
 from clare_dist.result import INTENDED_USE
 from clare_dist.rules import References
@@ -61,7 +62,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
 _PACKAGES = ("clare-dist", "torch", "torchvision", "onnx", "onnxruntime", "numpy")
 
 
-class BundleError(ValueError):
+class BundleError(ClareError, ValueError):
     """A bundle that cannot be used; `problems` lists every reason found."""
 
     def __init__(self, path: Path, problems: list[str]) -> None:

@@ -14,21 +14,18 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from clare_dist.bundle import BundleError
-from clare_dist.case_index import CaseIndexError
-from clare_dist.cxr14 import FOLD_SEED, N_FOLDS, MetadataError, combination_counts, format_counts_table
-from clare_dist.labels import LabelError
-from clare_dist.runs import LABELS_FILE, RunError
-from clare_dist.scans import ScanConfig, ScanError
+from clare_dist.cxr14 import FOLD_SEED, N_FOLDS, combination_counts, format_counts_table
+from clare_dist.errors import ClareError, UsageError
+from clare_dist.runs import LABELS_FILE
+from clare_dist.scans import ScanConfig
 from clare_dist.screening import DEFAULT_K
 from clare_dist.steps.demo import DemoSettings
 
 log = logging.getLogger("clare_dist")
 
-# Failures a person can fix from the message alone: printed without a traceback, exit code 2.
-USER_ERRORS = (
-    MetadataError, LabelError, ScanError, FileNotFoundError, NotADirectoryError, RunError, BundleError, CaseIndexError,
-)
+# Failures a person can fix from the message alone: printed without a traceback, exit code 2. A path
+# the person named that is not there is one too; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ClareError, FileNotFoundError, NotADirectoryError)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -56,7 +53,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from clare_dist.steps.synthesize import synthesize
 
     if args.transfer_syntax != "explicit" and not args.dicom:
-        raise SystemExit("clare-dist synth: --transfer-syntax encodes DICOM files; add --dicom")
+        raise UsageError("--transfer-syntax encodes DICOM files; add --dicom")
     archive = synthesize(args.out, args.n_images, args.size, args.seed, args.dicom, args.transfer_syntax)
     print(f"wrote {archive.n_images} images to {archive.image_dir} and {archive.data_entry_csv}")
     return 0
@@ -101,9 +98,9 @@ def _parse_folds(text: str) -> list[int]:
     try:
         folds = sorted({int(f) for f in text.split(",") if f.strip()})
     except ValueError:
-        raise SystemExit(f"{folds_help}; got {text!r}") from None
+        raise UsageError(f"{folds_help}; got {text!r}") from None
     if not folds or not all(0 <= f < N_FOLDS for f in folds):
-        raise SystemExit(f"{folds_help}; got {text!r}")
+        raise UsageError(f"{folds_help}; got {text!r}")
     return folds
 
 
@@ -147,7 +144,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from clare_dist.encode.text import summary
     from clare_dist.screening import Screener, figure_paths
 
-    screener = Screener(load_bundle(args.bundle), limits=_scan_limits(args))
+    limits = _scan_limits(args)  # a wrong flag is reported before the bundle is loaded
+    screener = Screener(load_bundle(args.bundle), limits=limits)
     results = screener.screen_many(args.scans, k=args.k)
     plots = figure_paths(args.plot, [r.scan_id for r in results]) if args.plot else [None] * len(results)
     for scan, result, plot in zip(args.scans, results, plots):
@@ -178,7 +176,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     print(f"report: {(args.out / 'report.html').resolve()}")
     if args.build_index:
         if args.labels is None:
-            raise SystemExit("--build-index needs --labels (the labelled archive's labels.parquet)")
+            raise UsageError("--build-index needs --labels (the labelled archive's labels.parquet)")
         indexed = build_case_index(args.bundle, results, pd.read_parquet(args.labels))
         print(f"indexed {indexed} known cases into {args.bundle / 'index'}")
     return 0
@@ -238,7 +236,7 @@ def _scan_limits(args: argparse.Namespace) -> ScanConfig:
     try:
         return ScanConfig(**{name: getattr(args, name) for name in SCAN_LIMITS})
     except ValueError as err:
-        raise SystemExit(f"clare-dist {args.command}: {err}") from None
+        raise UsageError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

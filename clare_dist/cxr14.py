@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from clare_dist.errors import ClareError
 from clare_dist.labels import (
     CLASSES,
     COMBINATION_INDEX,
@@ -41,7 +42,7 @@ N_FOLDS = 5
 FOLD_SEED = 0
 
 
-class MetadataError(ValueError):
+class MetadataError(ClareError, ValueError):
     """A Data_Entry file that cannot be turned into a label table."""
 
 

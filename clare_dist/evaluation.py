@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from clare_dist import metrics
+from clare_dist.errors import ClareError
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, COMBINATIONS
 from clare_dist.reference_file import load_references
 from clare_dist.rules import References, apply_rules, pattern_names
@@ -48,8 +49,12 @@ TABLE4: tuple[str, ...] = (AT_R4_RECALL, AT_R4_PRECISION)
 # ----------------------------------------------------------------------------- input contract
 
 
+class PredictionsError(ClareError, ValueError):
+    """A fold's predictions file that breaks the contract below; the message names the file and what is wrong."""
+
+
 def validate_predictions(df: pd.DataFrame, fold: int | None = None) -> None:
-    """Check one fold's predictions against the contract; raise ValueError saying what is wrong.
+    """Check one fold's predictions against the contract; raise PredictionsError saying what is wrong.
 
     Checks the columns and their types, that every row belongs to `fold` (any single fold
     when None), that the class bits are 0/1 and spell the row's `combination`, one of the 26,
@@ -58,9 +63,9 @@ def validate_predictions(df: pd.DataFrame, fold: int | None = None) -> None:
     """
     missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"predictions are missing columns {missing}; expected {PREDICTION_COLUMNS}")
+        raise PredictionsError(f"predictions are missing columns {missing}; expected {PREDICTION_COLUMNS}")
     if df.empty:
-        raise ValueError("predictions hold no rows")
+        raise PredictionsError("predictions hold no rows")
     wrong = [f"{c} (string expected, got {df[c].dtype})" for c in ("image_index", "combination")
              if not pd.api.types.is_string_dtype(df[c])]
     wrong += [f"{c} (integer expected, got {df[c].dtype})" for c in ("fold", *CLASSES)
@@ -68,29 +73,29 @@ def validate_predictions(df: pd.DataFrame, fold: int | None = None) -> None:
     wrong += [f"{c} (float expected, got {df[c].dtype})" for c in ("x", "y", *PROBABILITY_COLUMNS)
               if not pd.api.types.is_float_dtype(df[c])]
     if wrong:
-        raise ValueError(f"predictions have columns of the wrong type: {', '.join(wrong)}")
+        raise PredictionsError(f"predictions have columns of the wrong type: {', '.join(wrong)}")
     nulls = [c for c in PREDICTION_COLUMNS if df[c].isna().any()]
     if nulls:
-        raise ValueError(f"predictions have missing values in columns {nulls}")
+        raise PredictionsError(f"predictions have missing values in columns {nulls}")
     folds = sorted(int(f) for f in df["fold"].unique())
     if (fold is None and len(folds) != 1) or (fold is not None and folds != [fold]):
         expected = "one fold" if fold is None else f"fold {fold}"
-        raise ValueError(f"predictions must all belong to {expected}; found folds {folds}")
+        raise PredictionsError(f"predictions must all belong to {expected}; found folds {folds}")
     bits = df[list(CLASSES)].to_numpy()
     if not np.isin(bits, (0, 1)).all():
-        raise ValueError(f"class columns {list(CLASSES)} must hold only 0 and 1")
+        raise PredictionsError(f"class columns {list(CLASSES)} must hold only 0 and 1")
     unknown = sorted(set(df["combination"]) - set(COMBINATIONS))
     if unknown:
-        raise ValueError(f"unknown combinations {unknown}; expected names from {list(COMBINATIONS)}")
+        raise PredictionsError(f"unknown combinations {unknown}; expected names from {list(COMBINATIONS)}")
     mismatched = df["combination"].to_numpy(dtype=object) != pattern_names(bits)
     if mismatched.any():
-        raise ValueError(f"{int(mismatched.sum())} rows have class bits that do not spell their combination, "
+        raise PredictionsError(f"{int(mismatched.sum())} rows have class bits that do not spell their combination, "
                          f"e.g. image {df['image_index'].to_numpy()[mismatched][0]!r}")
     if not np.isfinite(df[["x", "y"]].to_numpy(dtype=float)).all():
-        raise ValueError("coordinates x, y must be finite")
+        raise PredictionsError("coordinates x, y must be finite")
     probabilities = df[PROBABILITY_COLUMNS].to_numpy(dtype=float)
     if not (np.isfinite(probabilities) & (probabilities >= 0) & (probabilities <= 1)).all():
-        raise ValueError(f"probabilities {PROBABILITY_COLUMNS} must lie in [0, 1]")
+        raise PredictionsError(f"probabilities {PROBABILITY_COLUMNS} must lie in [0, 1]")
 
 
 # ----------------------------------------------------------------------------- one fold
@@ -257,8 +262,8 @@ def evaluate_run(run_dir: str | os.PathLike, folds: Sequence[int] | None = None)
         try:
             validate_predictions(frame, fold)
             evaluations.append(evaluate_fold(frame, references))
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+        except PredictionsError as exc:
+            raise PredictionsError(f"{path}: {exc}") from exc
         frames.append(frame[PREDICTION_COLUMNS])
         logger.info("fold %d: %d test images, R4 mean F1 %.3f", fold, len(frame),
                     evaluations[-1].mean_f1()["R4"])

@@ -23,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from clare_dist.errors import ClareError
 from clare_dist.models import ScanNet
 from clare_dist.runtime import INPUT_NAME, OUTPUT_NAME, open_session, run_regressor
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 OPSET = 17
 
 
-class ExportError(RuntimeError):
+class ExportError(ClareError, RuntimeError):
     """The exported graph does not reproduce the torch model; nothing was written."""
 
 

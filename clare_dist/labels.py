@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from clare_dist.errors import ClareError
+
 CLASSES: tuple[str, ...] = ("Ca", "Pa", "Pn", "Pl", "Ot")
 NO_FINDING = "No Finding"
 MAX_FINDINGS = 3
@@ -48,7 +50,7 @@ CLASS_ADJECTIVES: dict[str, str] = {
 CLASS_NOUNS: dict[str, str] = {"Pn": "pneumothorax"}
 
 
-class LabelError(ValueError):
+class LabelError(ClareError, ValueError):
     """A label string or combination name that is not part of the CXR14 / CLARE-XR label space."""
 
 

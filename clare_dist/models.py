@@ -18,6 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
+from clare_dist.errors import ClareError
+
 log = logging.getLogger(__name__)
 
 BACKBONES: tuple[str, ...] = ("resnet50", "resnet18")
@@ -37,7 +39,7 @@ _CHECKPOINT_KEYS = ("model", "state_dict")
 _HEAD_PREFIX = "backbone.fc."
 
 
-class WeightsError(RuntimeError):
+class WeightsError(ClareError, RuntimeError):
     """Initial weights that cannot be found or do not fit the backbone."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clare_dist.errors import ClareError
 from clare_dist.labels import COMBINATION_VECTORS, COMBINATIONS
 from clare_dist.reference_file import write_references
 from clare_dist.rules import References
@@ -86,7 +87,7 @@ class ReferenceSpace:
     config: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
 
-class ReferenceError(RuntimeError):
+class ReferenceError(ClareError, RuntimeError):
     """No seed produced references that meet the quality bar."""
 
 

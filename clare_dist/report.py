@@ -26,8 +26,8 @@ import pandas as pd
 
 from clare_dist.bundle import Bundle
 from clare_dist.encode.parquet_row import from_row
-from clare_dist.result import INTENDED_USE, STATUS_ERROR, STATUS_OK, Screening
 from clare_dist.labels import COMBINATION_INDEX
+from clare_dist.result import INTENDED_USE, STATUS_ERROR, STATUS_OK, Screening
 from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.screening import THUMBNAIL_SIZE, case_images, decode
 
@@ -171,6 +171,7 @@ def _failures(errors: pd.DataFrame) -> str:
 def _explained(ok: pd.DataFrame, bundle: Bundle, index: CaseIndex | None, images_root: Path | None,
                sample: int, seed: int) -> str:
     """A few scans explained in full, so a reader can judge whether the decisions look sensible."""
+    from clare_dist.case_index import UnknownCaseError
     from clare_dist.plots import explanation_figure
 
     html = "<h2>Explained scans (a sample)</h2>\n"
@@ -189,7 +190,7 @@ def _explained(ok: pd.DataFrame, bundle: Bundle, index: CaseIndex | None, images
             notes.append(f"the scan image could not be read again ({err.kind}), so it is not shown")
         try:
             cases = case_images(index, screening, images_root, THUMBNAIL_SIZE)
-        except KeyError:  # case_index.UnknownCaseError: the index was rebuilt after this run
+        except UnknownCaseError:  # the index was rebuilt after this run
             cases = [(c.case_id, c.combination, c.distance, None) for c in screening.similar_cases]
             notes.append("the similar cases are no longer in the case index, so their images are not shown")
         fig = explanation_figure(screening, bundle.references, cases, INTENDED_USE, scan_image=scan)

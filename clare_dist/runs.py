@@ -16,6 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
+from clare_dist.errors import ClareError
 from clare_dist.reference_file import REFERENCES_FILE
 
 LABELS_FILE = "labels.parquet"
@@ -38,7 +39,7 @@ EVALUATION_FILES = {
 _FOLD_PREFIX = "fold_"
 
 
-class RunError(ValueError):
+class RunError(ClareError, ValueError):
     """A run directory that does not match what the command was given."""
 
 

@@ -12,10 +12,11 @@ from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 
+from clare_dist.errors import ClareError
 from serve.contract import MAX_FORM_FIELDS, SCAN_TYPES
 
 
-class APIError(Exception):
+class APIError(ClareError):
     """A request that is answered with `status` and a JSON reason instead of a screening."""
 
     def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:

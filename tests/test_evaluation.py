@@ -139,7 +139,7 @@ def test_everything_on_no_finding_and_inverted_scores():
 )
 def test_validation_names_the_problem(change, message):
     bad = change(predictions(grid_references()))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ev.PredictionsError, match=message):
         ev.validate_predictions(bad, 0)
 
 
@@ -200,7 +200,7 @@ def test_a_predictions_file_with_a_missing_column_names_it_and_the_file(tmp_path
     refs = grid_references()
     run = write_run(tmp_path / "run", refs, {0: predictions(refs, fold=0),
                                              1: predictions(refs, fold=1).drop(columns=["p_Ot", "y"])})
-    with pytest.raises(ValueError, match=r"fold_1/predictions.parquet: .*missing columns \['y', 'p_Ot'\]"):
+    with pytest.raises(ev.PredictionsError, match=r"fold_1/predictions.parquet: .*missing columns \['y', 'p_Ot'\]"):
         ev.evaluate_run(run)
 
 

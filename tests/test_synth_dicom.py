@@ -219,7 +219,7 @@ def test_encode_dx_writes_one_file_of_any_stored_array(tmp_path):
         encode_dx(stored.astype(float), 12)
 
 
-def test_transfer_syntax_is_a_dicom_option(tmp_path):
+def test_transfer_syntax_is_a_dicom_option(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown transfer_syntax"):
         replace(CONFIG, transfer_syntax="jpeg-xl")
     with pytest.raises(ValueError, match="set dicom=True"):
@@ -227,5 +227,6 @@ def test_transfer_syntax_is_a_dicom_option(tmp_path):
     out = tmp_path / "cli"
     assert main(["synth", "--out", str(out), "--n-images", "52", "--size", "32", "--dicom", "--transfer-syntax", "rle"]) == 0
     assert {pydicom.dcmread(p).file_meta.TransferSyntaxUID for p in (out / "images").iterdir()} == {pydicom.uid.RLELossless}
-    with pytest.raises(SystemExit, match="add --dicom"):
-        main(["synth", "--out", str(tmp_path / "png"), "--n-images", "52", "--transfer-syntax", "rle"])
+    capsys.readouterr()
+    assert main(["synth", "--out", str(tmp_path / "png"), "--n-images", "52", "--transfer-syntax", "rle"]) == 2
+    assert capsys.readouterr().err == "clare-dist synth: error: --transfer-syntax encodes DICOM files; add --dicom\n"

@@ -10,17 +10,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from clare_dist.errors import ClareError
 from clare_dist.labels import COMBINATIONS
 
 ALL_CASES = "all"  # the partition over every case, whatever its combination
 COLUMNS: tuple[str, ...] = ("case_id", "path", "combination", "x", "y", "fold")
 
 
-class CaseIndexError(ValueError):
+class CaseIndexError(ClareError, ValueError):
     """A case table or a saved index that cannot be used; the message says what to fix."""
 
 
-class UnknownCaseError(KeyError):
+class UnknownCaseError(ClareError, KeyError):
     """A case id that is not in the index."""
 
     def __str__(self) -> str:  # KeyError would print the message in quotes

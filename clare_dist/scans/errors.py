@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from clare_dist.errors import ClareError
+
 SCAN_ERROR_KINDS: tuple[str, ...] = (
     "empty",  # 0 bytes
     "truncated",  # the format was recognised, but its data is cut short or corrupt (bad CRC, short stream)
@@ -27,7 +29,7 @@ SCAN_ERROR_KINDS: tuple[str, ...] = (
 )
 
 
-class ScanError(ValueError):
+class ScanError(ClareError, ValueError):
     """A scan that cannot be turned into an image; `kind` (one of SCAN_ERROR_KINDS) says why."""
 
     def __init__(self, kind: str, message: str) -> None:
