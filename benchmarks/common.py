@@ -330,7 +330,7 @@ class CpuSampler(threading.Thread):
 
 
 def _group(proc) -> str:
-    """'MapBatches(decode_batch)', 'MapWorker(MapBatches(Regressor))', 'IDLE', 'raylet', ..."""
+    """'MapBatches(decode_batch)', 'MapWorker(MapBatches(RegressBatch))', 'IDLE', 'raylet', ..."""
     title = " ".join(proc.cmdline()).strip()
     if title.startswith("ray::"):
         name = title[5:].split(" ")[0]

@@ -13,7 +13,7 @@ import numpy as np
 from common import CpuSampler
 from embed_job import job_seconds
 
-STAGE_OF_GROUP = (("decode_batch", "decode tasks"), ("Regressor", "ORT actors"), ("_finish", "finish + write tasks"),
+STAGE_OF_GROUP = (("decode_batch", "decode tasks"), ("RegressBatch", "ORT actors"), ("_finish", "finish + write tasks"),
                   ("Write", "finish + write tasks"))
 
 
@@ -60,14 +60,14 @@ def stage_profile(bundle_path: Path, files: list[Path], settings, cpus: float) -
     from clare_dist.scans import ScanConfig
     from clare_dist.bundle import load_bundle
     from clare_dist.screening import bundled_index
-    from jobs.embed import Regressor
+    from jobs.embed import RegressBatch
 
     bundle = load_bundle(bundle_path)
     paths = [str(files[i % len(files)]) for i in range(settings.batch_size)]
     batch = {"scan_id": np.array([Path(p).name for p in paths], dtype=object), "path": np.array(paths, dtype=object)}
     started = time.perf_counter()
     index = bundled_index(bundle)
-    regressor = Regressor(str(bundle.onnx_path), settings.ort_threads)
+    regressor = RegressBatch(str(bundle.onnx_path), settings.ort_threads)
     setup_s = time.perf_counter() - started
     decoded = decode_batch(batch, ScanConfig(size=bundle.image_size))  # warm-up of each stage, not timed
     regressed = regressor(decoded)

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 
 from clare_dist.archive import IMAGE_SUFFIXES
 from clare_dist.encode.parquet_row import ROW_SCHEMA, to_table
-from clare_dist.result import STATUS_ERROR, STATUS_OK, Screening
+from clare_dist.result import DEFAULT_K, STATUS_ERROR, STATUS_OK, Screening
 from clare_dist.rules import References
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
-from clare_dist.screening import DEFAULT_K, screen_points
+from clare_dist.screening import screen_points
 
 log = logging.getLogger(__name__)
 

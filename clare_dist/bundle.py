@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
@@ -32,6 +31,7 @@ from typing import Any, Callable
 import onnx
 
 from clare_dist import __version__
+from clare_dist.atomic import atomic_path, write_json_atomic
 from clare_dist.errors import ClareError
 from clare_dist.reference_file import REFERENCES_FILE, load_references
 from clare_dist.result import INTENDED_USE
@@ -133,10 +133,9 @@ def write_bundle(
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"image_size must be a positive integer; got {image_size!r}")
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    replacing = out.exists()
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
         shutil.copyfile(onnx_path, tmp / REGRESSOR_FILE)
         shutil.copyfile(references_path, tmp / REFERENCES_FILE)
         manifest = {
@@ -166,17 +165,7 @@ def write_bundle(
             checked = load_bundle(tmp)  # refuse to publish what no consumer could load
         except BundleError as err:
             raise BundleError(out, err.problems) from None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-            log.info("replaced the bundle at %s", out)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote model bundle %s to %s", checked.model_version, out)
+    log.info("%s model bundle %s at %s", "replaced the" if replacing else "wrote", checked.model_version, out)
     return replace(checked, path=out, onnx_path=out / REGRESSOR_FILE)
 
 
@@ -190,20 +179,9 @@ def install_index(bundle_path: str | os.PathLike, save: Callable[[Path], Any], r
     """
     bundle = load_bundle(bundle_path)  # only a valid bundle gets an index
     target = bundle.index_dir
-    tmp = bundle.path / f".{INDEX_DIR}.tmp-{uuid.uuid4().hex[:8]}"
-    old = bundle.path / f".{INDEX_DIR}.old-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_path(target) as tmp:
         save(tmp)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    manifest = {**bundle.manifest, "index": {"directory": INDEX_DIR, **record}}
-    staged = bundle.path / f".{MANIFEST_FILE}.tmp-{uuid.uuid4().hex[:8]}"
-    staged.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(staged, bundle.path / MANIFEST_FILE)
+    write_json_atomic(bundle.path / MANIFEST_FILE, {**bundle.manifest, "index": {"directory": INDEX_DIR, **record}})
     if load_bundle(bundle.path).model_version != bundle.model_version:  # guards the contract, cheaply
         raise RuntimeError("writing the case index changed the bundle's model_version; this is a bug")
     return target

@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 
 from clare_dist.cxr14 import FOLD_SEED, N_FOLDS, combination_counts, format_counts_table
 from clare_dist.errors import ClareError, UsageError
+from clare_dist.result import DEFAULT_K
 from clare_dist.runs import LABELS_FILE
 from clare_dist.scans import ScanConfig
-from clare_dist.screening import DEFAULT_K
 from clare_dist.steps.demo import DemoSettings
 
 log = logging.getLogger("clare_dist")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from clare_dist import metrics
+from clare_dist.atomic import write_text_atomic
 from clare_dist.evaluation import (
     AT_R4_PRECISION,
     AT_R4_RECALL,
@@ -30,12 +31,12 @@ from clare_dist.evaluation import (
 )
 from clare_dist.labels import CLASSES
 from clare_dist.plots import predictions_by_combination_figure, roc_pr_figure, save_figure
+from clare_dist.result import INTENDED_USE
 from clare_dist.rules import apply_rules
 from clare_dist.runs import EVALUATION_FILES
 
 logger = logging.getLogger(__name__)
 
-INTENDED_USE = "Intended use: a screening aid for research, not a certified medical device."
 FORMAT_VERSION = 1
 
 
@@ -87,7 +88,7 @@ def evaluation_markdown(evaluation: RunEvaluation) -> str:
     }).rename_axis("Combination")
     parts = [
         "# CLARE-XR evaluation",
-        INTENDED_USE,
+        f"Intended use: {INTENDED_USE}.",
         f"Folds evaluated: {folds} ({len(evaluation.folds)} of 5; {n_images:,} test images). "
         "Values are mean ± sample standard deviation (ddof=1) over the folds; MEAN is the unweighted "
         "mean of the five classes.",
@@ -158,8 +159,8 @@ def write_evaluation(evaluation: RunEvaluation, out_dir: str | os.PathLike) -> d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in EVALUATION_FILES.items()}
-    paths["markdown"].write_text(evaluation_markdown(evaluation))
-    paths["json"].write_text(json.dumps(evaluation_document(evaluation), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(paths["markdown"], evaluation_markdown(evaluation))
+    write_text_atomic(paths["json"], json.dumps(evaluation_document(evaluation), indent=2, allow_nan=False) + "\n")
 
     data = evaluation.predictions
     coords = data[["x", "y"]].to_numpy(dtype=np.float64)

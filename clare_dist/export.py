@@ -23,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from clare_dist.atomic import atomic_path
 from clare_dist.errors import ClareError
 from clare_dist.models import ScanNet
 from clare_dist.runtime import INPUT_NAME, OUTPUT_NAME, open_session, run_regressor
@@ -87,9 +88,7 @@ def export_regressor(
     # output is exact fp32 (cuDNN's TF32 convolutions would differ from ORT by more than 1e-4).
     module = copy.deepcopy(models[0] if len(models) == 1 else FoldEnsemble(models)).cpu().eval()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         with torch.inference_mode():
             expected = torch.cat([module(b) for b in torch.from_numpy(batch).split(32)]).numpy()
         _torch_export(module, tmp, image_size)
@@ -102,9 +101,6 @@ def export_regressor(
                 f"tolerance of {tolerance:.3g}; the export was discarded. Check the torch/onnx/onnxruntime "
                 "versions, or report the model and these numbers"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     report = ExportReport(target, diff, len(batch), len(models), OPSET, time.perf_counter() - start)
     log.info("exported %d model(s) to %s in %.1f s; ORT vs torch max |diff| %.2g on %d images",
              report.n_models, target, report.seconds, diff, report.n_images)

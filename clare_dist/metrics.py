@@ -159,11 +159,6 @@ def _break_even(y: np.ndarray, s: np.ndarray) -> float:
     return float(thresholds[_argbest(-np.abs(precision - recall), f1, thresholds)])
 
 
-def _max_f1(y: np.ndarray, s: np.ndarray) -> float:
-    _, _, f1, thresholds = _pr_points(y, s)
-    return float(thresholds[_argbest(f1, thresholds)])
-
-
 def roc_thresholds(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """Per-class thresholds maximising Youden's J = TPR − FPR on the ROC curve (the paper's B_ROC).
 
@@ -181,14 +176,6 @@ def pr_break_even_thresholds(y_true: np.ndarray, y_score: np.ndarray) -> np.ndar
     the higher F1, then to the highest threshold.
     """
     return _thresholds(y_true, y_score, _break_even)
-
-
-def max_f1_thresholds(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
-    """Per-class thresholds maximising F1 on the PR curve (the paper's wording for its PR criterion).
-
-    Ties go to the highest threshold.
-    """
-    return _thresholds(y_true, y_score, _max_f1)
 
 
 def binarize(y_score: np.ndarray, thresholds: np.ndarray | Sequence[float]) -> np.ndarray:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from clare_dist.atomic import write_json_atomic
 from clare_dist.labels import COMBINATIONS, NO_FINDING
 from clare_dist.rules import References
 
@@ -22,13 +23,9 @@ FORMAT_VERSION = 1
 def write_references(out_dir: str | os.PathLike, references: References, evidence: dict[str, Any]) -> Path:
     """Write references.json into `out_dir`: the coordinates, plus `evidence` of how they were made
     (seed, distances, training settings), kept for whoever audits the coordinate system."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     document = {"format_version": FORMAT_VERSION, "order": list(COMBINATIONS), "references": references.to_mapping(),
                 **evidence}
-    path = out / REFERENCES_FILE
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+    return write_json_atomic(Path(out_dir) / REFERENCES_FILE, document)
 
 
 def load_references(path: str | os.PathLike) -> References:

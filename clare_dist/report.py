@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import uuid
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import pandas as pd
 
+from clare_dist.atomic import write_text_atomic
 from clare_dist.bundle import Bundle
 from clare_dist.encode.parquet_row import from_row
 from clare_dist.labels import COMBINATION_INDEX
@@ -78,14 +77,7 @@ def write_report(out_dir: Path, results: pd.DataFrame, bundle: Bundle, index: Ca
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>clare-dist archive report: {len(results):,} scans</title>\n<style>{_CSS}</style>\n</head>\n"
             f"<body>\n{''.join(sections)}</body>\n</html>\n")
-    out = Path(out_dir) / REPORT_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{REPORT_FILE}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    out = write_text_atomic(Path(out_dir) / REPORT_FILE, page)
     log.info("wrote the report of %d scans to %s (%.1f MB)", len(results), out, out.stat().st_size / 1e6)
     return out
 

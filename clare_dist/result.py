@@ -18,6 +18,7 @@ from typing import Any
 from clare_dist.labels import CLASSES
 
 INTENDED_USE = "screening aid for research; not a certified medical device"
+DEFAULT_K = 9  # similar known cases a screening carries unless asked for another number
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 

@@ -88,12 +88,6 @@ def pattern_names(bits: np.ndarray) -> np.ndarray:
     return _PATTERN_NAMES[np.asarray(bits, dtype=np.int64) @ _PATTERN_WEIGHTS]
 
 
-def decision_bits(names: Sequence[str]) -> np.ndarray:
-    """N×5 0/1 matrix of combination names (the inverse of `pattern_names`)."""
-    lookup = {name: combination_vector(name) for name in set(names)}
-    return np.stack([lookup[n] for n in names]) if len(names) else np.zeros((0, len(CLASSES)), np.int8)
-
-
 def apply_rules(coords: np.ndarray, references: References) -> RuleResult:
     """The paper's rule sets R1–R4 for N predicted points (N × 2)."""
     points = np.asarray(coords, dtype=np.float64)

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from clare_dist.bundle import Bundle
 from clare_dist.explanation import explanation
 from clare_dist.labels import CLASSES
-from clare_dist.result import INTENDED_USE, Screening, SimilarCase
+from clare_dist.result import DEFAULT_K, INTENDED_USE, Screening, SimilarCase
 from clare_dist.rules import References, RuleResult, apply_rules
 from clare_dist.runtime import open_session, run_regressor
 from clare_dist.scans import ScanConfig, ScanError, ScanSource, preprocess_scan
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_K = 9
 NO_INDEX_NOTE = "no case index in this bundle; build one with `clare-dist embed --labels ... --build-index`"
 THUMBNAIL_SIZE = 160
 

@@ -8,7 +8,6 @@ from the baseline's best weights, as in the paper.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from clare_dist.archive import index_images, locate
+from clare_dist.atomic import atomic_path, write_json_atomic
 from clare_dist.cxr14 import fold_split
 from clare_dist.dataset import ScanDataset, targets_for
 from clare_dist.evaluation import PREDICTION_COLUMNS
@@ -67,15 +67,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(document: object, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _loader(dataset: ScanDataset, config: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
@@ -188,7 +181,7 @@ def train_phase(phase: str, fold: int, data: FoldData, references: References, f
         state["done"] = state["stale"] >= config.patience or epoch == config.epochs - 1
         _save_atomic({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                       "scaler": scaler.state_dict(), "state": state}, last)
-        _write_json_atomic(state["history"], phase_path / HISTORY_FILE)
+        write_json_atomic(phase_path / HISTORY_FILE, state["history"])
         log.info("fold %d %s epoch %d/%d: train %.4f, val %.4f%s (%.1f s)", fold, phase, epoch + 1, config.epochs,
                  train_loss, val_loss, " best" if improved else "", state["history"][-1]["seconds"])
         if report is not None:
@@ -232,9 +225,8 @@ def train_fold(fold: int, table: pd.DataFrame, image_root: str | os.PathLike, re
         predictions[f"p_{code}"] = probabilities[:, i]
     predictions = predictions[PREDICTION_COLUMNS]
     path = fold_dir / PREDICTIONS_FILE
-    tmp = path.with_suffix(".tmp")
-    predictions.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    _write_json_atomic({"fold": fold, "config": asdict(config), "test_images": len(predictions)}, fold_dir / DONE_FILE)
+    with atomic_path(path) as tmp:
+        predictions.to_parquet(tmp, index=False)
+    write_json_atomic(fold_dir / DONE_FILE, {"fold": fold, "config": asdict(config), "test_images": len(predictions)})
     log.info("fold %d: done, %d test predictions in %s", fold, len(predictions), path)
     return path

@@ -31,10 +31,11 @@ from clare_dist.batch import (
     read_results,
 )
 from clare_dist.bundle import load_bundle
+from clare_dist.result import DEFAULT_K
 from clare_dist.runtime import open_session, run_regressor
 from clare_dist.report import write_report
 from clare_dist.scans import ScanConfig
-from clare_dist.screening import DEFAULT_K, bundled_index
+from clare_dist.screening import bundled_index
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ class EmbedSettings:
     limits: ScanConfig = ScanConfig()  # the site's bounds on one scan; its size is the bundle's
 
 
-class Regressor:
-    """The ONNX Runtime session, loaded once per actor."""
+class RegressBatch:
+    """The Ray Data stage that regresses a batch of decoded scans: an ONNX Runtime session, loaded once per actor
+    (serve.stages.Regressor is its counterpart in Serve)."""
 
     def __init__(self, onnx_path: str, threads: int | None):
         self.session = open_session(onnx_path, threads=threads, spinning=False)  # decode tasks share the cores
@@ -126,7 +128,7 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
             batch_format="numpy", num_cpus=settings.task_cpus,
         )
         dataset = dataset.map_batches(
-            Regressor, fn_constructor_kwargs={"onnx_path": str(bundle.onnx_path), "threads": settings.ort_threads},
+            RegressBatch, fn_constructor_kwargs={"onnx_path": str(bundle.onnx_path), "threads": settings.ort_threads},
             compute=ray.data.ActorPoolStrategy(size=settings.workers), batch_size=settings.batch_size,
             batch_format="numpy", num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
         )

@@ -24,9 +24,8 @@ from starlette.exceptions import HTTPException
 
 from clare_dist.bundle import load_bundle
 from clare_dist.encode.api_json import api_answer
-from clare_dist.result import INTENDED_USE
+from clare_dist.result import DEFAULT_K, INTENDED_USE
 from clare_dist.scans import ScanConfig, ScanError
-from clare_dist.screening import DEFAULT_K
 from serve.contract import (
     ANSWER_HEADERS,
     AUTHENTICATED,

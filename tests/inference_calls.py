@@ -43,12 +43,12 @@ def _embed(bundle_path: Path, scans: list[Path]) -> dict[str, Any]:
     from clare_dist.result import STATUS_OK
     from clare_dist.scans import ScanConfig
     from clare_dist.screening import bundled_index
-    from jobs.embed import Regressor
+    from jobs.embed import RegressBatch
 
     bundle = load_bundle(bundle_path)
     batch = {"scan_id": np.array([s.name for s in scans], dtype=object), "path": np.array(list(map(str, scans)), dtype=object)}
     decoded = decode_batch(batch, ScanConfig().sized(bundle.image_size))
-    regressed = Regressor(str(bundle.onnx_path), threads=1)(decoded)
+    regressed = RegressBatch(str(bundle.onnx_path), threads=1)(decoded)
     rows = finish_batch(pd.DataFrame(regressed), bundle.references, bundle.model_version, bundled_index(bundle), k=K).to_pandas()
     return {"rows": json.loads(rows.to_json(orient="records")),
             "screenings": [row_screening(row).to_dict() for _, row in rows[rows["status"] == STATUS_OK].iterrows()]}

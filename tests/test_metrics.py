@@ -98,10 +98,6 @@ def test_pr_break_even_ties_go_to_higher_f1():
     np.testing.assert_array_equal(metrics.pr_break_even_thresholds(tiled(Y_TIE), tiled(S_TIE)), [0.8] * 5)
 
 
-def test_max_f1_threshold():
-    np.testing.assert_array_equal(metrics.max_f1_thresholds(tiled(Y), tiled(S)), [0.4] * 5)
-
-
 def test_binarize_is_score_at_least_threshold():
     s = columns([0.1, 0.5], [0.5, 0.9], [0.2, 0.2], [1.0, 0.0], [0.3, 0.4])  # nothing reaches +inf
     expected = columns([0, 1], [1, 1], [0, 0], [0, 0], [0, 1])
@@ -113,7 +109,7 @@ def test_class_without_positives_or_negatives_falls_back(caplog):
     s = tiled([0.1, 0.3, 0.5, 0.8])
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="clare_dist.metrics"):
         warnings.simplefilter("error")  # no UndefinedMetricWarning / nan leaking out of scikit-learn
-        for choose in (metrics.roc_thresholds, metrics.pr_break_even_thresholds, metrics.max_f1_thresholds):
+        for choose in (metrics.roc_thresholds, metrics.pr_break_even_thresholds):
             np.testing.assert_array_equal(choose(y, s), [0.5, 0.5, 0.5, 0.5, 0.5])
         recall = metrics.baseline_at_fixed_recall(y, s, [0.5] * 5)
         precision = metrics.baseline_at_fixed_precision(y, s, [0.5] * 5)

@@ -25,10 +25,10 @@ from clare_dist.case_index.search import Partition, copy_to_gpu, resolve_gpu
 from clare_dist.case_index.storage import read_index, write_index
 from clare_dist.case_index.table import ALL_CASES, UnknownCaseError, codes, coordinates, partition_rows, validated
 from clare_dist.labels import COMBINATION_INDEX, COMBINATIONS, MAX_FINDINGS, LabelError, combination_vector
+from clare_dist.result import DEFAULT_K
 
 log = logging.getLogger(__name__)
 
-DEFAULT_K = 9
 GRID_MIN_CASES = 20_000  # below this one cell (brute force) is as fast as the lattice
 CASES_PER_CELL = 8
 _COMBINATION_NAMES = np.array(COMBINATIONS, dtype=object)

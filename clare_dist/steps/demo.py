@@ -16,6 +16,7 @@ from typing import Callable
 
 import pandas as pd
 
+from clare_dist.atomic import write_json_atomic
 from clare_dist.cxr14 import DATA_ENTRY_NAME, combination_counts, format_counts_table
 from clare_dist.runs import LABELS_FILE, RunError
 from clare_dist.steps.evaluate import evaluate
@@ -116,7 +117,7 @@ def claim_demo_dir(out: Path, recorded: dict[str, int]) -> bool:
     if out.is_dir() and any(out.iterdir()):
         raise RunError(f"{out} is not empty and holds no demo run; use a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(recorded, indent=2) + "\n")
+    write_json_atomic(record, recorded)
     return False
 
 

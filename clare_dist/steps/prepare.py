@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from clare_dist.atomic import atomic_path
 from clare_dist.cxr14 import FOLD_SEED, N_FOLDS, label_table, read_data_entry
 from clare_dist.runs import LABELS_FILE
 
@@ -18,10 +19,8 @@ def prepare(data_entry: Path, out: Path, seed: int = FOLD_SEED) -> pd.DataFrame:
     `out/labels.parquet` (renamed into place when complete: an interrupted write leaves none)."""
     raw = read_data_entry(data_entry)
     table = label_table(raw, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / f"{LABELS_FILE}.tmp"
-    table.to_parquet(partial, index=False)
-    partial.replace(out / LABELS_FILE)
+    with atomic_path(out / LABELS_FILE) as partial:
+        table.to_parquet(partial, index=False)
     log.info("%d of %d images kept (at most 3 findings), %d patients, %d folds", len(table), len(raw),
              table["patient_id"].nunique(), N_FOLDS)
     return table

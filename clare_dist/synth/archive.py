@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..atomic import write_text_atomic
 from ..cxr14 import DATA_ENTRY_HEADER, DATA_ENTRY_NAME
 from ..labels import COMBINATIONS, NO_FINDING, combination_vector
 from .dicom import LOSSY_SYNTAXES, TRANSFER_SYNTAXES, DXSubject, display_to_stored, dx_formats, encode_dx, study_times
@@ -131,9 +132,7 @@ def write_archive(
             if i % max(1, n // 10) == 0:
                 log.info("%d/%d scans written", i, n)
 
-    tmp = csv_path.with_suffix(".csv.tmp")
-    tmp.write_text("\n".join(rows) + "\n")
-    tmp.replace(csv_path)
+    write_text_atomic(csv_path, "\n".join(rows) + "\n")
     counts = {c: 0 for c in COMBINATIONS}
     for c in combos:
         counts[c] += 1
