@@ -39,7 +39,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from common import DEFAULT_WORK, archive_of, machine, resnet50_bundle, scan_files, warm_page_cache, write_json
+from common import DEFAULT_WORK, archive_of, machine, scan_files, start_work, warm_page_cache, write_json
 from embed_job import job_seconds, measure_job, print_variants
 from embed_loop import print_loop, tight_loop
 from embed_profile import diagnose, print_profile, profile_job, stage_profile
@@ -136,11 +136,7 @@ def run_jobs(args: argparse.Namespace, bundle: Path, archives: dict[int, Path], 
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("clare_dist", "jobs", "faiss.loader"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    args.work.mkdir(parents=True, exist_ok=True)
-    bundle = resnet50_bundle(args.work, args.image_size, args.index_cases)
+    bundle = start_work(args.work, args.image_size, args.index_cases)
     sizes = [args.images] if args.skip_job else [args.small, args.images]
     archives = {n: archive_of(n, args.work / f"archive-{n}", args.work / "pool-1024") for n in sizes}
     files = scan_files(archives[args.images])

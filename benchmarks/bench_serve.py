@@ -43,7 +43,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_WORK, FULL_SIZE, archive_of, machine, resnet50_bundle, scan_files, write_json
+from common import DEFAULT_WORK, FULL_SIZE, archive_of, machine, scan_files, start_work, write_json
 from serve_baseline import batched_ort, in_process, print_in_process
 from serve_load import load_level, paired_overhead, print_levels, print_paired
 from serve_verdict import print_verdict, verdict
@@ -180,11 +180,7 @@ def resized_copies(files: list[Path], size: int, out_dir: Path) -> list[Path]:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("clare_dist", "jobs", "faiss.loader"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    args.work.mkdir(parents=True, exist_ok=True)
-    bundle = resnet50_bundle(args.work, args.image_size, args.index_cases)
+    bundle = start_work(args.work, args.image_size, args.index_cases)
     files = scan_files(archive_of(args.files, args.work / f"archive-{args.files}", args.work / "pool-1024"))
     if args.scan_size != FULL_SIZE:
         files = resized_copies(files, args.scan_size, args.work / f"archive-{args.files}-{args.scan_size}")

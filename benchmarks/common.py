@@ -131,6 +131,16 @@ def warm_page_cache(files: Sequence[Path]) -> int:
 # --- the model bundle -------------------------------------------------------------------------
 
 
+def start_work(workdir: Path, image_size: int, index_cases: int) -> Path:
+    """How a benchmark starts: the library's logs quieted to warnings (the figures are the output),
+    the work folder made, and the ResNet50 bundle it measures (built once, then reused)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("clare_dist", "jobs", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return resnet50_bundle(workdir, image_size, index_cases)
+
+
 def resnet50_bundle(workdir: Path, image_size: int = 256, index_cases: int = 0) -> Path:
     """A bundle with an untrained ResNet50 regressor (throughput does not depend on the weights),
     exported and bundled exactly as a training run does; with `index_cases` > 0, a copy of it with
