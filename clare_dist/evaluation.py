@@ -31,6 +31,7 @@ from clare_dist.labels import CLASSES, COMBINATION_INDEX, COMBINATIONS
 from clare_dist.reference_file import load_references
 from clare_dist.rules import References, apply_rules, pattern_names
 from clare_dist.runs import PREDICTIONS_FILE, fold_dir, fold_dirs
+from clare_dist.triage import triage_scores
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ SETTINGS: tuple[str, ...] = BASELINES + RULE_SETTINGS
 AT_R4_RECALL = "B_at_R4_recall"
 AT_R4_PRECISION = "B_at_R4_precision"
 TABLE4: tuple[str, ...] = (AT_R4_RECALL, AT_R4_PRECISION)
+# The rankings whose "any finding" AUROC is reported: CLARE-XR's triage score, and the baseline
+# classifier's highest class probability (neither has a threshold to choose).
+TRIAGE_SCORES: tuple[str, ...] = ("CLARE-XR triage score", "baseline max probability")
 
 
 # ----------------------------------------------------------------------------- input contract
@@ -117,6 +121,7 @@ class FoldEvaluation:
     table4: dict[str, pd.DataFrame]
     regression_mse: float
     mse_by_combination: pd.Series
+    triage_auroc: pd.Series  # TRIAGE_SCORES -> AUROC for "any finding" on this fold
 
     def mean_f1(self) -> pd.Series:
         """The MEAN-row F1 of every setting (B_ROC, B_PR, R1..R4): the paper's headline number."""
@@ -151,6 +156,8 @@ def evaluate_fold(predictions: pd.DataFrame, references: References) -> FoldEval
 
     position = {name: i for i, name in enumerate(references.names)}
     target = references.coords[[position[c] for c in combinations]]
+    triage = metrics.any_finding_auroc(y_true, {TRIAGE_SCORES[0]: triage_scores(coords, references),
+                                                TRIAGE_SCORES[1]: y_score.max(axis=1)})
     return FoldEvaluation(
         fold=int(predictions["fold"].iloc[0]),
         n_images=len(predictions),
@@ -159,6 +166,7 @@ def evaluate_fold(predictions: pd.DataFrame, references: References) -> FoldEval
         table4=table4,
         regression_mse=metrics.regression_mse(coords, target),
         mse_by_combination=metrics.mse_by_combination(coords, target, combinations),
+        triage_auroc=triage,
     )
 
 
@@ -182,6 +190,7 @@ class RunEvaluation:
     regression_mse: float
     regression_mse_std: float
     mse_by_combination: pd.DataFrame
+    triage_auroc: pd.DataFrame  # fold × TRIAGE_SCORES
     predictions: pd.DataFrame
     references: References
 
@@ -201,6 +210,8 @@ class RunEvaluation:
             "r4_beats_baseline_roc": bool(f1["R4"] > f1["B_ROC"]),
             "regression_mse": self.regression_mse,
             "regression_mse_std": finite_or_none(self.regression_mse_std),
+            "triage_any_finding_auroc": finite_or_none(self.triage_auroc[TRIAGE_SCORES[0]].mean()),
+            "baseline_max_p_any_finding_auroc": finite_or_none(self.triage_auroc[TRIAGE_SCORES[1]].mean()),
             "folds": list(self.folds),
             "images": int(sum(e.n_images for e in self.fold_evaluations)),
         }
@@ -234,6 +245,7 @@ def summarise(fold_evaluations: Sequence[FoldEvaluation], predictions: pd.DataFr
         regression_mse_std=float(mse.std(ddof=1)) if len(mse) > 1 else math.nan,
         mse_by_combination=pd.DataFrame({"mean": by_fold.mean(axis=1), "std": by_fold.std(axis=1, ddof=1),
                                          "images": images.reindex(by_fold.index).astype(int)}),
+        triage_auroc=pd.DataFrame({e.fold: e.triage_auroc for e in evaluations}).T.rename_axis("fold"),
         predictions=predictions,
         references=references,
     )

@@ -26,6 +26,7 @@ from clare_dist.evaluation import (
     RULE_SETTINGS,
     SETTINGS,
     TABLE4,
+    TRIAGE_SCORES,
     RunEvaluation,
     finite_or_none,
 )
@@ -111,11 +112,25 @@ def evaluation_markdown(evaluation: RunEvaluation) -> str:
         metrics.to_markdown(per_fold),
         "## Regression MSE per ground-truth combination",
         metrics.to_markdown(mse_table),
+        "## Reading order: AUROC for any finding",
+        "How well each score puts scans with any finding before scans with none, on each test fold. The "
+        "triage score (`clare_dist/triage.py`: the share of the way from the No Finding reference to the "
+        "nearest abnormal one) orders the worklist of `clare-dist embed`; neither score has a threshold, so "
+        "nothing here is chosen on the fold it is scored on.",
+        metrics.to_markdown(_triage_table(evaluation)),
         f"Figures: `{EVALUATION_FILES['fig4']}` (test predictions per combination on the reference space, as the "
         f"paper's Fig. 4) and `{EVALUATION_FILES['roc_pr']}` (baseline ROC and PR curves pooled over the evaluated "
         "folds, with R4's operating point per class).",
     ]
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+
+def _triage_table(evaluation: RunEvaluation) -> pd.DataFrame:
+    per_fold = evaluation.triage_auroc.astype(float)
+    mean = pd.DataFrame([per_fold.mean()], index=["mean"])
+    std = pd.DataFrame([per_fold.std(ddof=1)], index=["mean"]) if len(per_fold) > 1 else mean * np.nan
+    rows = [metrics.format_mean_std(per_fold, per_fold * np.nan), metrics.format_mean_std(mean, std)]
+    return pd.concat(rows)[list(TRIAGE_SCORES)].rename_axis("Fold")
+
 
 def _table_json(table: pd.DataFrame) -> dict[str, dict[str, float | None]]:
     return {str(row): {str(col): finite_or_none(v) for col, v in values.items()} for row, values in table.iterrows()}
@@ -143,6 +158,7 @@ def evaluation_document(evaluation: RunEvaluation) -> dict[str, Any]:
                 | {n: _table_json(e.table4[n]) for n in TABLE4},
                 "regression_mse": e.regression_mse,
                 "mse_by_combination": {str(k): float(v) for k, v in e.mse_by_combination.items()},
+                "any_finding_auroc": {str(k): finite_or_none(v) for k, v in e.triage_auroc.items()},
             }
             for e in evaluation.fold_evaluations
         },

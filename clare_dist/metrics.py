@@ -29,6 +29,7 @@ from sklearn.metrics import (
     mean_squared_error,
     precision_recall_curve,
     precision_recall_fscore_support,
+    roc_auc_score,
     roc_curve,
 )
 
@@ -256,6 +257,17 @@ def _at_targets(
 ) -> pd.DataFrame:
     thresholds = _thresholds(y_true, y_score, [partial(rule, target=t) for t in targets])
     return _operating_points(y_true, y_score, thresholds)
+
+
+def any_finding_auroc(y_true: np.ndarray, scores: dict[str, np.ndarray]) -> pd.Series:
+    """AUROC of each ranking score for "any finding" (a row with any class bit set): how well it
+    orders abnormal scans before normal ones. nan, with a warning, for a fold that holds only one kind."""
+    abnormal = _class_matrix(y_true, "y_true", binary=True).any(axis=1)
+    if abnormal.all() or not abnormal.any():
+        logger.warning("any-finding AUROC undefined: the fold holds only %s scans", "abnormal" if abnormal.all() else "normal")
+        return pd.Series({name: np.nan for name in scores}, name="auroc")
+    return pd.Series({name: float(roc_auc_score(abnormal, np.asarray(s, dtype=np.float64))) for name, s in scores.items()},
+                     name="auroc")
 
 
 # ----------------------------------------------------------------------------- folds and reports

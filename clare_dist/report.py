@@ -29,6 +29,7 @@ from clare_dist.labels import COMBINATION_INDEX
 from clare_dist.result import INTENDED_USE, STATUS_ERROR, STATUS_OK, Screening
 from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.screening import THUMBNAIL_SIZE, case_images, decode
+from clare_dist.triage import WORKLIST_FILE, worklist
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 MAX_POINTS = 20_000  # predicted points drawn on the reference space; more are subsampled
 MAX_FAILURES = 500  # failed scans listed one by one; the rest are counted
+WORKLIST_SHOWN = 25  # first scans of the reading order shown; worklist.csv has them all
 FIGURE_DPI = 80  # enough to read on a screen, small enough to keep the page a few MB
 
 _CSS = """
@@ -69,6 +71,7 @@ def write_report(out_dir: Path, results: pd.DataFrame, bundle: Bundle, index: Ca
     ok = results[results["status"] == STATUS_OK].reset_index(drop=True)
     sections = [
         _summary(results, bundle),
+        _reading_order(results, bundle),
         _counts(ok),
         _reference_space(ok, bundle, seed),
         _failures(results[results["status"] == STATUS_ERROR]),
@@ -136,6 +139,23 @@ def _reference_space(ok: pd.DataFrame, bundle: Bundle, seed: int) -> str:
         caption = f"All {len(ok):,} screened scans, coloured by predicted combination."
     return (f"<h2>Predictions on the reference space</h2>\n<figure>{_img(fig, 'predicted points')}"
             f"<figcaption>{caption}</figcaption></figure>\n")
+
+
+def _reading_order(results: pd.DataFrame, bundle: Bundle) -> str:
+    """The first scans of the worklist: what a reader takes first the morning after the run."""
+    order = worklist(results, bundle.references)
+    html = (f"<h2>Reading worklist</h2>\n<p>The scans most likely abnormal first, by the triage score (0 on the No "
+            f"Finding reference, 1 on an abnormal one); the first {min(len(order), WORKLIST_SHOWN):,} of {len(order):,}. "
+            f"All of them, failed scans last, are in <code>{WORKLIST_FILE}</code>.</p>\n")
+    html += ('<table id="worklist">\n<thead><tr><th>Rank</th><th>Scan id</th><th>Triage score</th><th>Decision</th>'
+             "<th>Why</th></tr></thead>\n<tbody>\n")
+    html += "".join(
+        f'<tr><td class="n">{row.rank}</td><td><code>{escape(str(row.scan_id))}</code></td><td class="n">'
+        f'{"" if pd.isna(row.triage_score) else f"{row.triage_score:.3f}"}</td><td>{escape(str(row.decision or ""))}</td>'
+        f"<td>{escape(str(row.why))}</td></tr>\n"
+        for row in order.head(WORKLIST_SHOWN).itertuples()
+    )
+    return html + "</tbody>\n</table>\n"
 
 
 def _failures(errors: pd.DataFrame) -> str:

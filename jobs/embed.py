@@ -36,6 +36,7 @@ from clare_dist.runtime import open_session, run_regressor
 from clare_dist.report import write_report
 from clare_dist.scans import ScanConfig
 from clare_dist.screening import bundled_index
+from clare_dist.triage import write_worklist
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
     results = read_results(out_dir)
     counts = results["status"].value_counts().to_dict()
     log.info("%s: %d rows (%s)", out_dir, len(results), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    log.info("reading worklist: %s", write_worklist(out_dir, results, bundle.references))
     report = write_report(out_dir, results, bundle, bundled_index(bundle))
     log.info("report: %s", report)
     return results

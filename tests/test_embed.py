@@ -109,6 +109,11 @@ def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bun
 
     page = (tmp_path / "report.html").read_text()
     assert all(f"{name}" in page for name in BAD_FILES)
+    order = pd.read_csv(tmp_path / "worklist.csv")  # every scan in reading order, failed ones last
+    assert len(order) == len(results) and order["rank"].tolist() == list(range(1, len(results) + 1))
+    screened = order[order["status"] == "ok"]
+    assert len(screened) == 30 and screened["triage_score"].is_monotonic_decreasing
+    assert order["status"].iloc[30:].eq("error").all() and 'id="worklist"' in page
 
     again = run_embed(tiny_bundle, mixed_archive, tmp_path, EmbedSettings(batch_size=8, task_cpus=0.25))
     assert len(again) == len(results)  # nothing left to do, nothing written twice

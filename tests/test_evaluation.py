@@ -89,6 +89,7 @@ def test_points_on_their_references_and_truthful_scores_are_perfect():
     assert list(fold.mse_by_combination.index) == list(COMBINATIONS)
     assert (fold.mse_by_combination == 0).all()
     assert fold.fold == 0 and fold.n_images == 52
+    assert fold.triage_auroc.to_dict() == {name: 1.0 for name in ev.TRIAGE_SCORES}  # abnormal scans all ranked first
 
 
 def test_a_known_offset_gives_its_mse_and_keeps_r1_perfect():
@@ -119,6 +120,9 @@ def test_everything_on_no_finding_and_inverted_scores():
     # Table 4: R4's recall 0 is met at t=1; R4's precision 0 is met everywhere, most recall at t=0.
     assert_table(fold.table4[ev.AT_R4_RECALL], {"recall": 0.0, "precision": 0.0})
     assert_table(fold.table4[ev.AT_R4_PRECISION], {"recall": 1.0, "precision": PREVALENCE})
+    # Every point on one spot ranks nothing (0.5); so do the inverted scores' maxima (1 on every row:
+    # no scan has all five classes).
+    assert fold.triage_auroc.to_dict() == {ev.TRIAGE_SCORES[0]: 0.5, ev.TRIAGE_SCORES[1]: 0.5}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -232,6 +236,12 @@ def test_write_evaluation_files(noisy_evaluation, tmp_path):
     assert "Folds evaluated: 0, 1, 3" in text
     assert "not a certified medical device" in text
     assert "Regression MSE" in text
+    auroc = noisy_evaluation.triage_auroc
+    assert list(auroc.index) == [0, 1, 3] and list(auroc.columns) == list(ev.TRIAGE_SCORES)
+    triage = text[text.index("## Reading order: AUROC for any finding"):]
+    mean, std = auroc[ev.TRIAGE_SCORES[0]].mean(), auroc[ev.TRIAGE_SCORES[0]].std(ddof=1)
+    assert f"| mean | {mean:.3f} ± {std:.3f} |" in triage
+    assert headline["triage_any_finding_auroc"] == pytest.approx(mean)
 
     raw = paths["json"].read_text()
     assert "NaN" not in raw

@@ -35,6 +35,7 @@ from clare_dist.report import choose_sample, write_report
 from clare_dist.scans import ScanConfig
 from clare_dist.screening import NO_INDEX_NOTE
 from clare_dist.synth import write_broken_scans
+from clare_dist.triage import worklist
 
 EVIL = "<script>alert(1)</script>"
 PNG_DATA = "data:image/png;base64,"
@@ -187,6 +188,17 @@ def test_the_page_is_self_contained(written):
     assert links == []
     assert not {tag for tag, _ in page.tags} & {"script", "link", "iframe", "object", "embed", "base"}
     assert "url(" not in text and "@import" not in text
+
+
+def test_the_reading_worklist_lists_the_likeliest_abnormal_scans_first(written, bundle):
+    results, _, page = written
+    rows = page.tables["worklist"]
+    order = worklist(results, bundle.references)
+    assert len(rows) == min(len(results), 25) == 21  # every scan of this run, the 5 failed ones last
+    assert [r[1] for r in rows] == order["scan_id"].tolist()  # names shown as text, escaped (the EVIL one)
+    scores = [float(r[2]) for r in rows if r[2]]
+    assert len(scores) == 16 and scores == sorted(scores, reverse=True)
+    assert all(r[4].startswith("not screened (") for r in rows[16:])
 
 
 def test_summary_states_counts_model_and_intended_use(written, bundle):
