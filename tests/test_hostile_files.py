@@ -20,7 +20,7 @@ from PIL import Image
 from hostile_files import Hostile, corpus, scan_png, stored_scan, write_special_files
 from scan_files import dicom_bytes, gradient
 
-from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError, preprocess_scan, read_scan
+from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError, preprocess_scan, read_dicom_header, read_scan
 from clare_dist.synth import TRANSFER_SYNTAXES
 
 CORPUS = corpus()
@@ -55,6 +55,25 @@ def test_each_file_is_decoded_or_refused_with_its_kind(entry: Hostile, tmp_path:
     path = tmp_path / entry.name
     path.write_bytes(entry.data)
     assert outcome(path) == entry.outcome
+
+
+def test_reading_a_header_for_the_results_keeps_the_same_contract() -> None:
+    """The SR and SC copy the source's header: reading it ends in a header without pixel data,
+    None (PNG/JPEG: no study), or a ScanError, for every file of the corpus."""
+    seen = set()
+    for entry in CORPUS:
+        try:
+            header = read_dicom_header(entry.data)
+        except ScanError as err:
+            assert err.kind != "internal", entry.name
+            seen.add("refused")
+            continue
+        if header is None:
+            seen.add("not DICOM")
+        else:
+            assert not any(tag in header for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")), entry.name
+            seen.add("header")
+    assert seen == {"refused", "not DICOM", "header"}
 
 
 @pytest.mark.timeout(60)

@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset
 
-from clare_dist.scans.dicom import looks_like_dicom_without_preamble, read_dicom
+from clare_dist.scans.dicom import dicom_header, looks_like_dicom_without_preamble, read_dicom
 from clare_dist.scans.errors import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.scans.files import ScanSource, load_bytes
 from clare_dist.scans.pillow import JPEG_MAGIC, PNG_MAGIC, read_pillow
 
-__all__ = ["SCAN_ERROR_KINDS", "RESAMPLE", "ScanConfig", "ScanError", "ScanSource", "preprocess_scan", "read_scan",
-           "resize_gray", "sniff_format"]
+__all__ = ["SCAN_ERROR_KINDS", "RESAMPLE", "ScanConfig", "ScanError", "ScanSource", "preprocess_scan", "read_dicom_header",
+           "read_scan", "resize_gray", "sniff_format"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Resampling filter of every resize: the sample archive was downscaled with LANCZOS, and it is
 # Pillow's sharpest antialiasing filter, which keeps small findings (nodules, thin lines) visible.
@@ -68,7 +70,17 @@ def preprocess_scan(source: ScanSource, config: ScanConfig = ScanConfig()) -> np
     return _guarded(lambda s, c: resize_gray(_read(s, c), c.size), source, config)
 
 
-def _guarded(work: Callable[[ScanSource, ScanConfig], np.ndarray], source: ScanSource, config: ScanConfig) -> np.ndarray:
+def read_dicom_header(source: ScanSource, config: ScanConfig = ScanConfig()) -> Dataset | None:
+    """The DICOM header of a scan (file meta and all but the pixel data), under the same limits and
+    failure contract as decoding; None for a PNG or JPEG, which belong to no study."""
+    def header(s: ScanSource, c: ScanConfig) -> Dataset | None:
+        data = load_bytes(s, c.max_file_bytes)
+        return dicom_header(data, c) if data and sniff_format(data) == "dicom" else None
+
+    return _guarded(header, source, config)
+
+
+def _guarded(work: Callable[[ScanSource, ScanConfig], T], source: ScanSource, config: ScanConfig) -> T:
     """The contract: whatever goes wrong in `work` on this scan is a ScanError for it alone."""
     try:
         return work(source, config)

@@ -76,6 +76,15 @@ def read_dicom(data: bytes, config: ScanConfig) -> np.ndarray:
     return _gray_to_uint8(pixels, ds, layout["photometric"] == "MONOCHROME1")
 
 
+def dicom_header(data: bytes, config: ScanConfig) -> Dataset:
+    """The dataset without its pixel data: what a result written into the scan's study copies from it."""
+    ds = _parse(data, config)
+    for tag in PIXEL_TAGS:
+        if tag in ds:
+            del ds[tag]
+    return ds
+
+
 def looks_like_dicom_without_preamble(data: bytes) -> bool:
     """A DICOM dataset with no 128-byte preamble, as older systems write it.
 
