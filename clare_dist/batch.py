@@ -109,19 +109,21 @@ def decode_batch(batch: dict[str, np.ndarray], config: ScanConfig) -> dict[str, 
 
 def finish_batch(batch: pd.DataFrame, references: References, model_version: str, index=None,
                  k: int = DEFAULT_K) -> pa.Table:
-    """Stage 3 (CPU tasks): coordinates → Screenings (R4 decision, top 3, explanation, similar
-    cases; the failed scans as they came) → their Parquet rows.
+    """Stage 3 (CPU tasks): coordinates → Screenings → their Parquet rows."""
+    return to_table(finish_screenings(batch, references, model_version, index, k), batch["path"].astype(str))
 
-    The same stage functions as one scan through `clare-dist predict` or the API.
-    """
+
+def finish_screenings(batch: pd.DataFrame, references: References, model_version: str, index=None,
+                      k: int = DEFAULT_K) -> list[Screening]:
+    """Coordinates → Screenings (R4 decision, top 3, explanation, similar cases; the failed scans as
+    they came), in the batch's order: the same stage functions as one scan through `clare-dist
+    predict` or the API."""
     ok = (batch["status"] == STATUS_OK).to_numpy()
     ids = batch["scan_id"].astype(str).tolist()
     coords = batch[["x", "y"]].to_numpy(dtype=np.float64)[ok]
     screened = iter(screen_points(coords, [i for i, good in zip(ids, ok) if good], references, index, model_version, k))
-    screenings = [next(screened) if good else
-                  Screening.failed(scan_id, str(kind), str(reason), model_version)
-                  for scan_id, good, kind, reason in zip(ids, ok, batch["error_kind"], batch["error_reason"])]
-    return to_table(screenings, batch["path"].astype(str))
+    return [next(screened) if good else Screening.failed(scan_id, str(kind), str(reason), model_version)
+            for scan_id, good, kind, reason in zip(ids, ok, batch["error_kind"], batch["error_reason"])]
 
 
 def inputs_table(inputs: Iterable[ScanInput]) -> pd.DataFrame:

@@ -147,6 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     limits = _scan_limits(args)  # a wrong flag is reported before the bundle is loaded
     screener = Screener(load_bundle(args.bundle), limits=limits)
     results = screener.screen_many(args.scans, k=args.k)
+    write_files = _result_writer(args, screener, limits)
     plots = figure_paths(args.plot, [r.scan_id for r in results]) if args.plot else [None] * len(results)
     for scan, result, plot in zip(args.scans, results, plots):
         if not result.ok:
@@ -158,7 +159,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             save_figure(screener.figure(result, scan, args.images), plot)
             log.info("wrote %s", plot)
+        if write_files is not None:
+            write_files(result, scan)
     return 1 if any(not r.ok for r in results) else 0
+
+
+def _result_writer(args: argparse.Namespace, screener, limits: ScanConfig) -> Callable | None:
+    """What writes one scan's SR, Secondary Capture and FHIR Bundle for `predict`; None when none is asked for."""
+    if args.dicom_out is None and args.fhir_out is None:
+        return None
+    from clare_dist.encode.identity import algorithm_of
+    from clare_dist.result_files import ResultFolders, explanation_picture, write_result_files
+
+    folders, algorithm = ResultFolders(args.dicom_out, args.fhir_out), algorithm_of(screener.bundle)
+
+    def write(result, scan) -> None:
+        files = write_result_files(result, scan, algorithm, folders, lambda: explanation_picture(screener.bundle, screener.index, result, scan, args.images, limits),
+                                   limits)
+        for path in files.paths:
+            log.info("wrote %s", path)
+        if files.note:
+            print(f"clare-dist predict: {result.scan_id}: {files.note}", file=sys.stderr)
+
+    return write
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -168,7 +191,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clare_dist.case_index import build_case_index
     from jobs.embed import EmbedSettings, run_embed
 
-    settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=_scan_limits(args))
+    folders = None
+    if args.dicom_out is not None or args.fhir_out is not None:
+        from clare_dist.result_files import ResultFolders
+
+        folders = ResultFolders(args.dicom_out, args.fhir_out)
+    settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=_scan_limits(args),
+                             results=folders)
     results = run_embed(args.bundle, args.archive, args.out, settings)
     counts = results["status"].value_counts()
     print(f"{len(results)} scans: {counts.get('ok', 0)} screened, {counts.get('error', 0)} failed; "
@@ -220,6 +249,14 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"takes a positive number; got {value}")
     return value
+
+
+def _add_result_folders(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dicom-out", type=Path, default=None,
+                   help="write, per screened DICOM scan, a DICOM SR (TID 1500) and a Secondary Capture of the explanation, in the "
+                        "scan's study, into this folder (named by SOP Instance UID; a rerun rewrites the same files)")
+    p.add_argument("--fhir-out", type=Path, default=None,
+                   help="write, per screened scan, a FHIR R4 Bundle (DiagnosticReport, an Observation per class, the Device) into this folder")
 
 
 def _add_scan_limits(p: argparse.ArgumentParser) -> None:
@@ -313,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_k(p)
     _add_ray_options(p)
     _add_scan_limits(p)
+    _add_result_folders(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("evaluate", help="the paper's Tables 2-4 and figures for a run")
@@ -337,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, default=None,
                    help="folder the indexed cases' relative paths are resolved in, for thumbnails (default: .)")
     _add_scan_limits(p)
+    _add_result_folders(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="the HTTP screening API on Ray Serve (POST /v1/predict, docs at /docs)")

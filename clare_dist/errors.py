@@ -15,3 +15,8 @@ class ClareError(Exception):
 
 class UsageError(ClareError, ValueError):
     """A command-line value outside what the command accepts."""
+
+
+class ResultEncodingError(ClareError, ValueError):
+    """A screening, or a source, that a result for hospital systems (DICOM SR or Secondary Capture,
+    FHIR) cannot be made of; the message names what is missing, never a patient's value."""

@@ -228,13 +228,19 @@ class Screener:
     def figure(self, screening: Screening, source: ScanSource,
                images_root: str | os.PathLike | None = None) -> Figure:
         """The explanation figure of a screened scan: the scan, its point, its similar cases."""
-        from clare_dist.plots import explanation_figure  # matplotlib loads only where figures are drawn
-
-        return explanation_figure(screening, self.bundle.references, self.case_images(screening, images_root),
-                                  INTENDED_USE, scan_image=decode(source, self.scan_config.sized(THUMBNAIL_SIZE)))
+        return explanation_of(self.bundle, self.index, screening, source, images_root, self.scan_config)
 
     def _no_scans(self) -> np.ndarray:
         return np.zeros((0, self.bundle.image_size, self.bundle.image_size), np.uint8)
+
+
+def explanation_of(bundle: Bundle, index: CaseIndex | None, screening: Screening, source: ScanSource,
+                   images_root: str | os.PathLike | None = None, limits: ScanConfig = ScanConfig()) -> Figure:
+    """The explanation figure (the paper's Fig. 5 and 7) of a screened scan, wherever it is drawn."""
+    from clare_dist.plots import explanation_figure  # matplotlib loads only where figures are drawn
+
+    return explanation_figure(screening, bundle.references, case_images(index, screening, images_root, THUMBNAIL_SIZE),
+                              INTENDED_USE, scan_image=decode(source, limits.sized(THUMBNAIL_SIZE)))
 
 
 def bundled_index(bundle: Bundle) -> CaseIndex | None:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,18 +26,22 @@ from clare_dist.batch import (
     RESULTS_DIR,
     completed_scan_ids,
     decode_batch,
-    finish_batch,
+    finish_screenings,
     inputs_table,
     list_archive,
     read_results,
 )
 from clare_dist.bundle import load_bundle
+from clare_dist.encode.parquet_row import to_table
 from clare_dist.result import DEFAULT_K
 from clare_dist.runtime import open_session, run_regressor
 from clare_dist.report import write_report
 from clare_dist.scans import ScanConfig
 from clare_dist.screening import bundled_index
 from clare_dist.triage import write_worklist
+
+if TYPE_CHECKING:
+    from clare_dist.result_files import ResultFolders
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class EmbedSettings:
     ort_threads: int | None = None
     k: int = DEFAULT_K
     limits: ScanConfig = ScanConfig()  # the site's bounds on one scan; its size is the bundle's
+    results: ResultFolders | None = None  # where the SR, Secondary Capture and FHIR files go (embed --dicom-out/--fhir-out)
 
 
 class RegressBatch:
@@ -79,9 +85,16 @@ def _bundle_for_task(bundle_path: str, manifest_stamp: str):
     return bundle, bundled_index(bundle)
 
 
-def _finish(batch: pd.DataFrame, bundle_path: str, manifest_stamp: str, k: int) -> pa.Table:
+def _finish(batch: pd.DataFrame, bundle_path: str, manifest_stamp: str, k: int, folders: ResultFolders | None,
+            limits: ScanConfig) -> pa.Table:
     bundle, index = _bundle_for_task(bundle_path, manifest_stamp)
-    return finish_batch(batch, bundle.references, bundle.model_version, index=index, k=k)
+    screenings = finish_screenings(batch, bundle.references, bundle.model_version, index=index, k=k)
+    paths = batch["path"].astype(str).tolist()
+    if folders is not None:  # the results for hospital systems, before the rows that say they exist
+        from clare_dist.result_files import write_batch_results
+
+        write_batch_results(screenings, paths, bundle, index, folders, limits)
+    return to_table(screenings, paths)
 
 
 def _stamp(bundle) -> str:
@@ -134,7 +147,9 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
             batch_format="numpy", num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
         )
         dataset = dataset.map_batches(
-            _finish, fn_kwargs={"bundle_path": str(bundle.path), "manifest_stamp": _stamp(bundle), "k": settings.k}, batch_size=settings.batch_size,
+            _finish, fn_kwargs={"bundle_path": str(bundle.path), "manifest_stamp": _stamp(bundle), "k": settings.k,
+                                "folders": settings.results, "limits": settings.limits.sized(bundle.image_size)},
+            batch_size=settings.batch_size,
             batch_format="pandas", num_cpus=settings.task_cpus,
         )
         dataset.write_parquet(str(out_dir / RESULTS_DIR))

@@ -7,6 +7,7 @@ the stages run is the pipeline's business (serve/pipelines.py: single, ingress o
 route is the same whatever the topology.
 """
 
+import asyncio
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from clare_dist.bundle import load_bundle
 from clare_dist.encode.api_json import api_answer
+from clare_dist.encode.identity import algorithm_of
 from clare_dist.result import DEFAULT_K, INTENDED_USE
 from clare_dist.scans import ScanConfig, ScanError
 from serve.contract import (
@@ -34,6 +36,7 @@ from serve.contract import (
     SCAN_ERRORS,
     SCAN_REQUEST,
     SCAN_TYPES,
+    SCREENING_ENCODINGS,
     TIMED_HEADERS,
     TOKEN_ENV,
     Alive,
@@ -41,6 +44,8 @@ from serve.contract import (
     ScreeningAnswer,
     answers,
 )
+from serve.encodings import encoded_answer
+from serve.negotiation import JSON, negotiate
 from serve.pipelines import pipeline_for
 from serve.requests import APIError, authorize, error_body, request_id, scan_bytes, server_timing
 from serve.stages import RegressorSettings
@@ -135,7 +140,8 @@ class ClareAPI:
     def __init__(self, regressor: DeploymentHandle | RegressorSettings, bundle: str, max_body_mb: float,
                  preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
                  images_root: str | None = None, decode_threads: int | None = None, limits: ScanConfig = ScanConfig()) -> None:
-        self.model_version = load_bundle(bundle).model_version
+        loaded = load_bundle(bundle)
+        self.model_version, self.algorithm, self.limits = loaded.model_version, algorithm_of(loaded), limits
         self.pipeline = pipeline_for(regressor, bundle, preprocessor, lookup, images_root, decode_threads, limits)
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
@@ -167,16 +173,23 @@ class ClareAPI:
                             status_code=200 if ready else 503)
 
     @api.post("/v1/predict", summary="Screen one scan: decision, explanation, similar known cases", operation_id="predict",
+              description="Answers JSON, or with `Accept: application/dicom` the DICOM SR (TID 1500) of a DICOM scan in "
+                          "its study, or with `Accept: application/fhir+json` the FHIR R4 Bundle.",
               response_model=ScreeningAnswer, dependencies=AUTHENTICATED, openapi_extra=SCAN_REQUEST,
-              responses=answers({"description": "the screening", "headers": TIMED_HEADERS} | CASE_LINKS, *SCAN_ERRORS))
-    async def predict(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> JSONResponse:
+              responses=answers({"description": "the screening", "headers": TIMED_HEADERS} | CASE_LINKS | SCREENING_ENCODINGS,
+                                *SCAN_ERRORS, 406))
+    async def predict(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> Response:
         authorize(request, self.token)
+        media = negotiate(request.headers.get("accept"))  # before any work: a 406 costs nothing
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
         start = time.perf_counter()
         screening, seconds = await self.pipeline.screen(body, rid, k)
         seconds["chain"] = time.perf_counter() - start
         self._observe(seconds)
+        if media != JSON:
+            content = await asyncio.to_thread(encoded_answer, screening, body, media, self.algorithm, self.limits)
+            return Response(content, media_type=media, headers=server_timing(seconds))
         # validated as the documented ScreeningAnswer, so the document and the answer cannot drift apart
         answer = ScreeningAnswer.model_validate(api_answer(screening, rid)).model_dump(mode="json")
         return JSONResponse(answer, headers=server_timing(seconds))

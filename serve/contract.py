@@ -97,14 +97,22 @@ bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False, description=(
     f"The server's API token as `Authorization: Bearer <token>`, required on /v1/* where the server has one ({TOKEN_ENV} "
     "in its environment); a server without one leaves the routes open and says so in this document."))
 
+# What POST /v1/predict answers, by the request's Accept header (serve/negotiation.py); the first is the default.
+JSON = "application/json"
+DICOM = "application/dicom"
+FHIR = "application/fhir+json"
+SCREENING_MEDIA_TYPES: tuple[str, ...] = (JSON, DICOM, FHIR)
+
 ERRORS = {
     400: "the multipart body cannot be parsed, or holds no file or more than one (bad_multipart)",
     401: "the bearer token is missing or wrong (unauthorized)",
     404: "no indexed case has this id, or its image cannot be read on this server (unknown_case)",
     413: "the body is over the server's limit, declared or as it streams (payload_too_large)",
     415: "the body, or its uploaded file, is not PNG, JPEG, DICOM or octet-stream (unsupported_media_type)",
+    406: f"the Accept header allows none of {', '.join(SCREENING_MEDIA_TYPES)} (not_acceptable)",
     422: "an invalid parameter (invalid_parameters), or a scan that cannot be screened, with the reason: "
-         "empty, truncated, not an image, too many pixels, ...",
+         "empty, truncated, not an image, too many pixels, ...; or, for a DICOM SR, a scan that is not DICOM (not_dicom), "
+         "or a source whose header lacks what the result must carry (cannot_encode)",
     503: "a stage's queue is full: retry after Retry-After seconds (overloaded)",
 }
 HEADER = {"schema": {"type": "string"}, "required": True}
@@ -124,6 +132,11 @@ def answers(success: dict[str, Any], *errors: int) -> dict[int | str, dict[str, 
 
 BINARY = {"type": "string", "format": "binary"}
 PNG = {"content": {"image/png": {"schema": BINARY}}}
+# The screening's other encodings, beside the JSON of the response model.
+SCREENING_ENCODINGS = {"content": {
+    DICOM: {"schema": BINARY | {"description": "a DICOM Comprehensive 3D SR (TID 1500) in the scan's study, for a DICOM scan"}},
+    FHIR: {"schema": {"type": "object", "description": "a FHIR R4 Bundle: DiagnosticReport, an Observation per class, the Device"}},
+}}
 # The scan routes read the body themselves, as it streams, to refuse it (413) as soon as it passes
 # the limit; so its description is given here rather than taken from a parameter.
 SCAN_REQUEST = {"requestBody": {

@@ -7,12 +7,10 @@ accepts none of them gets 406 with the list, never an answer it cannot read.
 
 from __future__ import annotations
 
+from serve.contract import DICOM, FHIR, JSON, SCREENING_MEDIA_TYPES as MEDIA_TYPES
 from serve.requests import APIError
 
-JSON = "application/json"
-DICOM = "application/dicom"
-FHIR = "application/fhir+json"
-MEDIA_TYPES: tuple[str, ...] = (JSON, DICOM, FHIR)  # the first is the default
+__all__ = ["DICOM", "FHIR", "JSON", "MEDIA_TYPES", "negotiate"]
 
 
 def negotiate(accept: str | None) -> str:

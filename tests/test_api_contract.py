@@ -11,6 +11,7 @@ reason otherwise; a decoder failure that is no ScanError (kind 'internal') fails
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -215,3 +216,53 @@ def test_the_document_of_a_server_without_a_token_makes_it_optional():
         assert set(predict["requestBody"]["content"]) == set(SCAN_TYPES) | {"multipart/form-data"}
         assert {"400", "401", "413", "415", "422", "503"} <= set(predict["responses"])
         assert "security" not in document["paths"]["/healthz"]["get"]
+
+
+def _dx_scan(seed: int) -> bytes:
+    from clare_dist.synth import encode_dx
+
+    rows = np.linspace(0, 4095, 96, dtype=np.float64)[:, None]
+    noise = np.random.default_rng(seed).integers(0, 400, (96, 96))
+    return encode_dx(np.clip(rows + noise, 0, 4095).astype(np.uint16), 12, transfer_syntax="rle")
+
+
+def test_accept_picks_json_the_dicom_sr_or_the_fhir_bundle(api_url):
+    import pydicom
+
+    from clare_dist.encode.dicom_sr import sr_findings
+    from clare_dist.encode.fhir import bundle_decision
+
+    scan = _dx_scan(3)
+    source = pydicom.dcmread(io.BytesIO(scan))
+    post = lambda accept, body=scan, kind="application/dicom": requests.post(  # noqa: E731
+        f"{api_url}/v1/predict", data=body, timeout=60, headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": kind,
+                                                                 **({"Accept": accept} if accept else {})})
+    answer = post(None)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    expected = answer.json()
+
+    sr = post("application/dicom")
+    assert sr.status_code == 200 and sr.headers["content-type"] == "application/dicom"
+    report = pydicom.dcmread(io.BytesIO(sr.content))
+    assert report.StudyInstanceUID == source.StudyInstanceUID and report.SeriesInstanceUID != source.SeriesInstanceUID
+    findings = sr_findings(report)
+    assert findings["decision"] == expected["decision"] and findings["classes"] == expected["classes"]
+    assert findings["explanation"] == expected["explanation"]
+    assert report.SOPInstanceUID == pydicom.dcmread(io.BytesIO(post("application/dicom").content)).SOPInstanceUID  # a rerun
+
+    fhir = post("application/fhir+json;q=0.9, application/json;q=0.5")
+    assert fhir.status_code == 200 and fhir.headers["content-type"] == "application/fhir+json"
+    decision = bundle_decision(fhir.json())
+    assert (decision["decision"], decision["classes"]) == (expected["decision"], expected["classes"])
+    report_entry = next(e["resource"] for e in fhir.json()["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")
+    assert report_entry["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{source.StudyInstanceUID}"
+
+    png = png_bytes(Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))))
+    no_study = post("application/dicom", png, "image/png")
+    assert no_study.status_code == 422 and no_study.json()["error"] == "not_dicom"
+    png_fhir = post("application/fhir+json", png, "image/png")
+    assert png_fhir.status_code == 200 and "imagingStudy" not in json.dumps(png_fhir.json())
+
+    refused = post("image/png, text/html")
+    assert refused.status_code == 406 and refused.json()["error"] == "not_acceptable"
+    assert "application/fhir+json" in refused.json()["detail"]

@@ -11,6 +11,7 @@ import zipfile
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from PIL import Image
 from scan_files import dicom_bytes, gradient, png_bytes, png_with_header_size
@@ -19,6 +20,8 @@ from clare_dist.batch import list_archive, read_results
 from clare_dist.encode.parquet_row import ROW_COLUMNS
 from clare_dist.bundle import load_bundle
 from clare_dist.labels import CLASSES, combination_name
+from clare_dist.result_files import ResultFolders
+from clare_dist.synth import encode_dx
 
 # file name → expected status ("ok") or the error kind
 BAD_FILES = {
@@ -54,7 +57,7 @@ def mixed_archive(tiny_archive, tmp_path_factory):
     (odd / "png_named.dcm").write_bytes(png_bytes(Image.fromarray(picture)))
     stored = (picture.astype(np.uint16) * 16)
     (odd / "mono1.dcm").write_bytes(dicom_bytes(stored, bits_stored=12, photometric="MONOCHROME1"))
-    (odd / "DICOM0001").write_bytes(dicom_bytes(stored, bits_stored=12))
+    (odd / "DICOM0001").write_bytes(encode_dx(stored, 12))  # a complete DX, as a modality writes it
 
     bad = root / "bad"
     bad.mkdir()
@@ -91,7 +94,9 @@ def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bun
 
     inputs = list_archive(mixed_archive)
     assert len(inputs) == 24 + 6 + len(BAD_FILES)  # hidden files are not scans
-    results = run_embed(tiny_bundle, mixed_archive, tmp_path, EmbedSettings(batch_size=8, task_cpus=0.25))
+    folders = ResultFolders(dicom=tmp_path / "pacs", fhir=tmp_path / "ehr")
+    settings = EmbedSettings(batch_size=8, task_cpus=0.25, results=folders)
+    results = run_embed(tiny_bundle, mixed_archive, tmp_path, settings)
     assert list(results.columns) == list(ROW_COLUMNS)
     assert sorted(results["scan_id"]) == sorted(s.scan_id for s in inputs)
     by_name = results.assign(name=results["scan_id"].str.rsplit("/", n=1).str[-1]).set_index("name")
@@ -115,8 +120,17 @@ def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bun
     assert len(screened) == 30 and screened["triage_score"].is_monotonic_decreasing
     assert order["status"].iloc[30:].eq("error").all() and 'id="worklist"' in page
 
-    again = run_embed(tiny_bundle, mixed_archive, tmp_path, EmbedSettings(batch_size=8, task_cpus=0.25))
+    # The hospital's files: an SR and a Secondary Capture in the study of the one complete DX (the
+    # minimal mono1.dcm lacks the study module an SR must copy: a note, no file), a FHIR Bundle per scan.
+    source = pydicom.dcmread(mixed_archive / "odd" / "DICOM0001")
+    written = sorted(folders.dicom.iterdir())
+    assert len(written) == 2 and {pydicom.dcmread(p).StudyInstanceUID for p in written} == {source.StudyInstanceUID}
+    assert {pydicom.dcmread(p).Modality for p in written} == {"SR", "OT"}
+    assert len(list(folders.fhir.glob("*.json"))) == 30
+
+    again = run_embed(tiny_bundle, mixed_archive, tmp_path, settings)
     assert len(again) == len(results)  # nothing left to do, nothing written twice
+    assert sorted(folders.dicom.iterdir()) == written
 
 
 def _embed_command(bundle, archive, out, address):
