@@ -1,0 +1,94 @@
+"""`clare-dist predict --dicom-out --fhir-out`: the files a PACS and an EHR take, for DICOM and PNG scans."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+
+from clare_dist.bundle import load_bundle
+from clare_dist.cli import main
+from clare_dist.encode.dicom_sr import sr_findings
+from clare_dist.encode.fhir import bundle_decision
+from clare_dist.encode.identity import algorithm_of
+from clare_dist.result import Screening
+from clare_dist.result_files import ResultFolders, write_result_files
+from clare_dist.synth import encode_dx
+from scan_files import dicom_bytes
+
+
+def dx(seed: int, syntax: str) -> bytes:
+    rows = np.linspace(0, 4095, 128)[:, None]
+    noise = np.random.default_rng(seed).integers(0, 300, (128, 128))
+    return encode_dx(np.clip(rows + noise, 0, 4095).astype(np.uint16), 12, transfer_syntax=syntax)
+
+
+def dciodvfy_errors(path) -> list[str]:
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory, tiny_archive):
+    folder = tmp_path_factory.mktemp("scans")
+    for name, syntax in (("plain.dcm", "explicit"), ("lossless.dcm", "jpeg-ls")):
+        (folder / name).write_bytes(dx(len(name), syntax))
+    png = sorted((tiny_archive / "archive" / "images").glob("*.png"))[0]
+    (folder / "nih.png").write_bytes(png.read_bytes())
+    return [folder / "plain.dcm", folder / "lossless.dcm", folder / "nih.png"]
+
+
+def predict(scans, bundle, out, capsys) -> tuple[list[dict], str]:
+    capsys.readouterr()
+    assert main(["predict", *map(str, scans), "--bundle", str(bundle), "--json",
+                 "--dicom-out", str(out / "pacs"), "--fhir-out", str(out / "ehr")]) == 0
+    captured = capsys.readouterr()
+    return [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+def test_each_dicom_scan_gets_its_sr_and_sc_in_its_study_and_each_scan_a_fhir_bundle(scans, tiny_bundle, tmp_path, capsys):
+    answers, err = predict(scans, tiny_bundle, tmp_path, capsys)
+    sources = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in scans[:2]}
+    written = {p.name: pydicom.dcmread(p) for p in sorted((tmp_path / "pacs").iterdir())}
+    assert sorted(ds.Modality for ds in written.values()) == ["OT", "OT", "SR", "SR"]
+    for name, ds in written.items():
+        assert name == f"{ds.SOPInstanceUID}.dcm" and dciodvfy_errors(tmp_path / "pacs" / name) == []
+        (source,) = [s for s in sources.values() if s.StudyInstanceUID == ds.StudyInstanceUID]
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID and ds.PatientID == source.PatientID
+    for answer, scan in zip(answers[:2], scans[:2]):  # the SR says what --json says, for that scan's image
+        source = pydicom.dcmread(scan)
+        (sr,) = [ds for ds in written.values() if ds.Modality == "SR" and ds.StudyInstanceUID == source.StudyInstanceUID]
+        assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+            .ReferencedSOPInstanceUID == source.SOPInstanceUID
+        findings = sr_findings(sr)
+        assert findings["decision"] == answer["combination"] and findings["explanation"] == answer["explanation"]
+        assert findings["classes"] == {c: answer[c] for c in ("Ca", "Pa", "Pn", "Pl", "Ot")}
+    bundles = [json.loads(p.read_text()) for p in sorted((tmp_path / "ehr").glob("*.json"))]
+    assert len(bundles) == 3
+    assert sorted(bundle_decision(b)["decision"] for b in bundles) == sorted(a["combination"] for a in answers)
+    assert "nih.png: not a DICOM scan, so it belongs to no study" in err
+    assert "nih.png" not in "".join(p.name for p in (tmp_path / "ehr").iterdir())  # files named by id, never by scan
+
+
+def test_a_rerun_rewrites_the_same_files(scans, tiny_bundle, tmp_path, capsys):
+    predict(scans, tiny_bundle, tmp_path, capsys)
+    first = {p.name: p.read_bytes() for p in (tmp_path / "ehr").iterdir()}
+    names = sorted(p.name for p in (tmp_path / "pacs").iterdir())
+    predict(scans, tiny_bundle, tmp_path, capsys)
+    assert sorted(p.name for p in (tmp_path / "pacs").iterdir()) == names
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ehr").iterdir()} == first  # FHIR carries no timestamp
+
+
+def test_a_source_lacking_its_study_module_costs_its_own_results_only(tiny_bundle, tmp_path):
+    bundle = load_bundle(tiny_bundle)
+    minimal = tmp_path / "minimal.dcm"
+    minimal.write_bytes(dicom_bytes(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16, bits_stored=12))
+    screening = Screening(scan_id="minimal.dcm", model_version=bundle.model_version, x=0.1, y=0.2, top3=["Ca", "Pa", "Pn"],
+                          top3_distances=[0.1, 0.2, 0.3], combination="Ca", Ca=1, Pa=0, Pn=0, Pl=0, Ot=0, explanation="Ca.")
+    files = write_result_files(screening, minimal, algorithm_of(bundle), ResultFolders(tmp_path / "pacs", tmp_path / "ehr"))
+    assert files.paths == [] and files.note.startswith("results not written: ") and "Study" in files.note
+    failed = Screening.failed("broken.png", "truncated", "cut short", bundle.model_version)
+    assert write_result_files(failed, minimal, algorithm_of(bundle), ResultFolders(tmp_path / "pacs")).paths == []
