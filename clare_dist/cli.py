@@ -14,9 +14,17 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from clare_dist.cxr14 import FOLD_SEED, N_FOLDS, combination_counts, format_counts_table
+from clare_dist.cli_options import (
+    SCAN_LIMITS,
+    add_k,
+    add_ray_options,
+    add_result_folders,
+    add_scan_limits,
+    parse_folds,
+    scan_limits,
+)
+from clare_dist.cxr14 import FOLD_SEED, combination_counts, format_counts_table
 from clare_dist.errors import ClareError, UsageError
-from clare_dist.result import DEFAULT_K
 from clare_dist.runs import LABELS_FILE
 from clare_dist.scans import ScanConfig
 from clare_dist.steps.demo import DemoSettings
@@ -72,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from clare_dist.runs import init_run
     from clare_dist.training import TrainConfig
 
-    folds = _parse_folds(args.folds)
+    folds = parse_folds(args.folds)
     config = TrainConfig(
         backbone=args.backbone, weights=args.weights, image_size=args.image_size, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience, seed=args.seed,
@@ -93,17 +101,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_folds(text: str) -> list[int]:
-    folds_help = f"--folds takes fold numbers 0-{N_FOLDS - 1} separated by commas, e.g. 0,1"
-    try:
-        folds = sorted({int(f) for f in text.split(",") if f.strip()})
-    except ValueError:
-        raise UsageError(f"{folds_help}; got {text!r}") from None
-    if not folds or not all(0 <= f < N_FOLDS for f in folds):
-        raise UsageError(f"{folds_help}; got {text!r}")
-    return folds
-
-
 def _connect_ray(address: str | None, num_cpus: int | None) -> None:
     from jobs.cluster import connect
 
@@ -111,7 +108,7 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _print_evaluation(args.run, args.folds and _parse_folds(args.folds))
+    _print_evaluation(args.run, args.folds and parse_folds(args.folds))
     return 0
 
 
@@ -144,7 +141,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from clare_dist.encode.text import summary
     from clare_dist.screening import Screener, figure_paths
 
-    limits = _scan_limits(args)  # a wrong flag is reported before the bundle is loaded
+    limits = scan_limits(args)  # a wrong flag is reported before the bundle is loaded
     screener = Screener(load_bundle(args.bundle), limits=limits)
     results = screener.screen_many(args.scans, k=args.k)
     write_files = _result_writer(args, screener, limits)
@@ -196,7 +193,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         from clare_dist.result_files import ResultFolders
 
         folders = ResultFolders(args.dicom_out, args.fhir_out)
-    settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=_scan_limits(args),
+    settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=scan_limits(args),
                              results=folders)
     results = run_embed(args.bundle, args.archive, args.out, settings)
     counts = results["status"].value_counts()
@@ -224,56 +221,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app_args = {"bundle": str(bundle.path.resolve()), "topology": args.topology,
                 "decode_threads": args.decode_threads, "ort_threads": args.ort_threads, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
-                **{name: getattr(_scan_limits(args), name) for name in SCAN_LIMITS},
+                **{name: getattr(scan_limits(args), name) for name in SCAN_LIMITS},
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
     print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs), "
           f"topology {resolve_topology(args.topology)}; Ctrl-C stops")
     run(app_args, host=args.host, port=args.port, blocking=True)
     return 0
-
-
-SCAN_LIMITS = ("max_pixels", "max_file_mb", "max_frames", "max_aspect")
-
-
-def _add_ray_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
-
-
-def _add_k(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=_positive_int, default=DEFAULT_K, help=f"similar known cases per scan (default {DEFAULT_K})")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"takes a positive number; got {value}")
-    return value
-
-
-def _add_result_folders(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dicom-out", type=Path, default=None,
-                   help="write, per screened DICOM scan, a DICOM SR (TID 1500) and a Secondary Capture of the explanation, in the "
-                        "scan's study, into this folder (named by SOP Instance UID; a rerun rewrites the same files)")
-    p.add_argument("--fhir-out", type=Path, default=None,
-                   help="write, per screened scan, a FHIR R4 Bundle (DiagnosticReport, an Observation per class, the Device) into this folder")
-
-
-def _add_scan_limits(p: argparse.ArgumentParser) -> None:
-    """The site's bounds on one scan, decided from its headers before it is decoded."""
-    d = ScanConfig()
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help=f"largest scan frame, columns x rows (default {d.max_pixels:,})")
-    p.add_argument("--max-file-mb", type=float, default=d.max_file_mb,
-                   help=f"largest scan file in MiB, and what a Deflate DICOM may inflate to (default {d.max_file_mb:g})")
-    p.add_argument("--max-frames", type=int, default=d.max_frames, help=f"most frames a DICOM may declare (default {d.max_frames}); the first is screened")
-    p.add_argument("--max-aspect", type=float, default=d.max_aspect, help=f"largest ratio of the longer side to the shorter (default {d.max_aspect:g})")
-
-
-def _scan_limits(args: argparse.Namespace) -> ScanConfig:
-    try:
-        return ScanConfig(**{name: getattr(args, name) for name in SCAN_LIMITS})
-    except ValueError as err:
-        raise UsageError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per phase and fold")
     p.add_argument("--backlog", type=int, default=d.backlog, help="scans in the backlog to screen (4 broken files are added)")
     p.add_argument("--seed", type=int, default=d.seed)
-    _add_ray_options(p)
+    add_ray_options(p)
     p.set_defaults(func=cmd_demo)
 
     from clare_dist.synth import TRANSFER_SYNTAXES
@@ -332,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None, help="folds at once (default: GPUs, or CPUs / cpus-per-fold)")
     p.add_argument("--cpus-per-fold", type=float, default=1.0)
     p.add_argument("--loader-workers", type=int, default=2, help="data loader processes per fold")
-    _add_ray_options(p)
+    add_ray_options(p)
     p.add_argument("--export-fold", type=int, default=None, help="fold whose regressor goes into the bundle")
     p.add_argument("--ensemble", action="store_true", help="bundle the mean of all finished folds instead")
     p.add_argument("--no-evaluate", action="store_true")
@@ -347,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-index", action="store_true", help="make the labelled archive the bundle's case index")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="ONNX Runtime actors")
-    _add_k(p)
-    _add_ray_options(p)
-    _add_scan_limits(p)
-    _add_result_folders(p)
+    add_k(p)
+    add_ray_options(p)
+    add_scan_limits(p)
+    add_result_folders(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("evaluate", help="the paper's Tables 2-4 and figures for a run")
@@ -371,11 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None,
                    help="write the explanation figure here (several scans: OUT-<scan name>.png)")
     p.add_argument("--json", action="store_true", help="one JSON object per scan (JSON lines) instead of text")
-    _add_k(p)
+    add_k(p)
     p.add_argument("--images", type=Path, default=None,
                    help="folder the indexed cases' relative paths are resolved in, for thumbnails (default: .)")
-    _add_scan_limits(p)
-    _add_result_folders(p)
+    add_scan_limits(p)
+    add_result_folders(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="the HTTP screening API on Ray Serve (POST /v1/predict, docs at /docs)")
@@ -399,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")
     p.add_argument("--images", type=Path, default=None, help="folder the indexed cases' relative paths are under")
-    _add_ray_options(p)
-    _add_scan_limits(p)
+    add_ray_options(p)
+    add_scan_limits(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -92,18 +92,33 @@ def write_result_files(screening: Screening, source: ScanSource, algorithm: Algo
         return ResultFiles()
     try:
         header = read_dicom_header(source, limits)
-        paths = []
-        if folders.dicom is not None and header is not None:
-            paths.append(_write_dicom(folders.dicom, screening_sr(screening, header, algorithm)))
-            if picture is not None:
-                paths.append(_write_dicom(folders.dicom, explanation_sc(screening, header, picture(), algorithm)))
-        if folders.fhir is not None:
-            document = screening_bundle(screening, algorithm, str(header.StudyInstanceUID) if header is not None else None)
+    except ClareError as err:  # decoded a moment ago; a header that fails now costs this scan's results only
+        return ResultFiles(note=_not_written(err))
+    paths, notes = [], []
+    if folders.dicom is not None:
+        if header is None:
+            notes.append(NO_STUDY_NOTE)
+        else:
+            try:
+                paths.append(_write_dicom(folders.dicom, screening_sr(screening, header, algorithm)))
+                if picture is not None:
+                    paths.append(_write_dicom(folders.dicom, explanation_sc(screening, header, picture(), algorithm)))
+            except ClareError as err:  # the source lacks what the SR/SC must carry; the FHIR Bundle still goes
+                notes.append(_not_written(err))
+    if folders.fhir is not None:
+        study = str(header.StudyInstanceUID) if header is not None and header.get("StudyInstanceUID") else None
+        try:
+            document = screening_bundle(screening, algorithm, study)
             paths.append(write_json_atomic(folders.fhir / f"{document['id']}.json", document))
-    except ClareError as err:  # this scan's results only; the message names what is missing, never a value
-        log.warning("results of one scan not written: %s", err)
-        return ResultFiles(note=f"results not written: {err}")
-    return ResultFiles(paths, None if header is not None or folders.dicom is None else NO_STUDY_NOTE)
+        except ClareError as err:
+            notes.append(_not_written(err))
+    return ResultFiles(paths, "; ".join(notes) or None)
+
+
+def _not_written(err: ClareError) -> str:
+    """The note for an output one scan cannot have; the message names what is missing, never a value of the patient's."""
+    log.warning("a result of one scan not written: %s", err)
+    return f"results not written: {err}"
 
 
 def write_batch_results(screenings: Sequence[Screening], sources: Sequence[ScanSource], bundle: Bundle,

@@ -89,6 +89,20 @@ def test_a_source_lacking_its_study_module_costs_its_own_results_only(tiny_bundl
     screening = Screening(scan_id="minimal.dcm", model_version=bundle.model_version, x=0.1, y=0.2, top3=["Ca", "Pa", "Pn"],
                           top3_distances=[0.1, 0.2, 0.3], combination="Ca", Ca=1, Pa=0, Pn=0, Pl=0, Ot=0, explanation="Ca.")
     files = write_result_files(screening, minimal, algorithm_of(bundle), ResultFolders(tmp_path / "pacs", tmp_path / "ehr"))
-    assert files.paths == [] and files.note.startswith("results not written: ") and "Study" in files.note
+    assert files.note.startswith("results not written: ") and "Study" in files.note  # no SR or SC: no study to put them in
+    assert [p.parent.name for p in files.paths] == ["ehr"] and not (tmp_path / "pacs").exists()  # the FHIR Bundle still goes
     failed = Screening.failed("broken.png", "truncated", "cut short", bundle.model_version)
     assert write_result_files(failed, minimal, algorithm_of(bundle), ResultFolders(tmp_path / "pacs")).paths == []
+
+
+def test_the_readme_table_of_codes_is_the_one_the_encoders_use():
+    from pathlib import Path
+
+    from clare_dist.encode.codes import CLASS_CONCEPTS, CLASS_MEMBERS, FINDING_SITES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for code, concept in CLASS_CONCEPTS.items():
+        site = FINDING_SITES[code]
+        row = (f'| {code} | {CLASS_MEMBERS[code]} | {concept.scheme} {concept.value} "{concept.meaning}" | '
+               f'SCT {site.value} "{site.meaning}" |')
+        assert row in readme, row
