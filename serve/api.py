@@ -44,7 +44,6 @@ from serve.contract import (
     ScreeningAnswer,
     answers,
 )
-from serve.encodings import encoded_answer
 from serve.negotiation import JSON, negotiate
 from serve.pipelines import pipeline_for
 from serve.requests import APIError, authorize, error_body, request_id, scan_bytes, server_timing
@@ -188,6 +187,8 @@ class ClareAPI:
         seconds["chain"] = time.perf_counter() - start
         self._observe(seconds)
         if media != JSON:
+            from serve.encodings import encoded_answer  # highdicom and the FHIR models load on the first such request
+
             content = await asyncio.to_thread(encoded_answer, screening, body, media, self.algorithm, self.limits)
             return Response(content, media_type=media, headers=server_timing(seconds))
         # validated as the documented ScreeningAnswer, so the document and the answer cannot drift apart
