@@ -27,6 +27,8 @@ INFERENCE_PATH = (
     "clare_dist.scans", "clare_dist.runtime", "clare_dist.bundle", "clare_dist.reference_file", "clare_dist.rules",
     "clare_dist.explanation", "clare_dist.screening", "clare_dist.scan_workers", "clare_dist.batch",
     "clare_dist.archive", "clare_dist.case_index", "clare_dist.report", "clare_dist.cli", "serve.stages", "jobs.embed",
+    "clare_dist.triage", "clare_dist.result_files", "clare_dist.encode.dicom_sr", "clare_dist.encode.dicom_sc",
+    "clare_dist.encode.fhir", "serve.encodings",
 )
 
 CHILD = """
