@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from clare_dist import metrics
+from clare_dist.cxr14 import fold_split
 from clare_dist.errors import ClareError
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, COMBINATIONS
 from clare_dist.reference_file import load_references
 from clare_dist.rules import References, apply_rules, pattern_names
-from clare_dist.runs import PREDICTIONS_FILE, fold_dir, fold_dirs
+from clare_dist.runs import PREDICTIONS_FILE, VALIDATION_PREDICTIONS_FILE, fold_dir, fold_dirs
 from clare_dist.triage import triage_scores
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ PREDICTION_COLUMNS: list[str] = ["image_index", "fold", "combination", *CLASSES,
 BASELINES: tuple[str, ...] = ("B_ROC", "B_PR")
 RULE_SETTINGS: tuple[str, ...] = ("R1", "R2", "R3", "R4")
 SETTINGS: tuple[str, ...] = BASELINES + RULE_SETTINGS
+# The fair protocol: the baseline's thresholds fitted on the fold's validation predictions, scored
+# on its test fold (the paper-style B_ROC / B_PR fit them on the test fold itself).
+FAIR_BASELINES: tuple[str, ...] = ("B_ROC_fair", "B_PR_fair")
 AT_R4_RECALL = "B_at_R4_recall"
 AT_R4_PRECISION = "B_at_R4_precision"
 TABLE4: tuple[str, ...] = (AT_R4_RECALL, AT_R4_PRECISION)
@@ -111,7 +115,8 @@ class FoldEvaluation:
 
     `tables` maps B_ROC, B_PR, R1..R4 to `metrics.class_metrics` tables (Tables 2 and 3);
     `table4` maps AT_R4_RECALL / AT_R4_PRECISION to the baseline's operating points there;
-    `thresholds` is class × {B_ROC, B_PR}.
+    `thresholds` is class × {B_ROC, B_PR} and, when the fold's validation predictions were given,
+    FAIR_BASELINES (fitted there, scored here), which are in `tables` too.
     """
 
     fold: int
@@ -123,12 +128,18 @@ class FoldEvaluation:
     mse_by_combination: pd.Series
     triage_auroc: pd.Series  # TRIAGE_SCORES -> AUROC for "any finding" on this fold
 
+    @property
+    def fair(self) -> bool:
+        return all(name in self.tables for name in FAIR_BASELINES)
+
     def mean_f1(self) -> pd.Series:
-        """The MEAN-row F1 of every setting (B_ROC, B_PR, R1..R4): the paper's headline number."""
-        return pd.Series({s: float(self.tables[s].loc[metrics.MEAN_ROW, "f1"]) for s in SETTINGS}, name=self.fold)
+        """The MEAN-row F1 of every setting (B_ROC, B_PR, R1..R4, and the fair baselines where fitted)."""
+        names = SETTINGS + (FAIR_BASELINES if self.fair else ())
+        return pd.Series({s: float(self.tables[s].loc[metrics.MEAN_ROW, "f1"]) for s in names}, name=self.fold)
 
 
-def evaluate_fold(predictions: pd.DataFrame, references: References) -> FoldEvaluation:
+def evaluate_fold(predictions: pd.DataFrame, references: References,
+                  validation: pd.DataFrame | None = None) -> FoldEvaluation:
     """Tables 2-4 and the regression MSE of one test fold.
 
     The baseline's thresholds (B_ROC: max TPR − FPR; B_PR: precision–recall break-even) are
@@ -147,6 +158,12 @@ def evaluate_fold(predictions: pd.DataFrame, references: References) -> FoldEval
 
     thresholds = {"B_ROC": metrics.roc_thresholds(y_true, y_score),
                   "B_PR": metrics.pr_break_even_thresholds(y_true, y_score)}
+    if validation is not None:  # fitted on labels the test fold's scores never see
+        validate_predictions(validation)
+        v_true = validation[list(CLASSES)].to_numpy(dtype=np.int8)
+        v_score = validation[PROBABILITY_COLUMNS].to_numpy(dtype=np.float64)
+        thresholds |= {"B_ROC_fair": metrics.roc_thresholds(v_true, v_score),
+                       "B_PR_fair": metrics.pr_break_even_thresholds(v_true, v_score)}
     tables = {name: metrics.class_metrics(y_true, metrics.binarize(y_score, t)) for name, t in thresholds.items()}
     rules = apply_rules(coords, references)
     tables.update({name: metrics.class_metrics(y_true, rules.bits[name.lower()]) for name in RULE_SETTINGS})
@@ -195,11 +212,29 @@ class RunEvaluation:
     references: References
 
     @property
+    def fair(self) -> bool:
+        """Whether every evaluated fold had validation predictions to fit the fair thresholds on."""
+        return all(name in self.mean for name in FAIR_BASELINES)
+
+    def paired_difference(self, baseline: str) -> tuple[float, float]:
+        """R4's mean F1 minus `baseline`'s, fold by fold: the mean and sample std of the differences."""
+        diff = self.per_fold_f1["R4"] - self.per_fold_f1[baseline]
+        return float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else math.nan
+
+    @property
     def headline(self) -> dict[str, Any]:
         """The numbers a model bundle's manifest and a reader want first; JSON-safe (nan → None)."""
-        f1 = {s: float(self.mean[s].loc[metrics.MEAN_ROW, "f1"]) for s in SETTINGS}
-        f1_std = {s: finite_or_none(self.std[s].loc[metrics.MEAN_ROW, "f1"]) for s in SETTINGS}
-        return {
+        names = SETTINGS + (FAIR_BASELINES if self.fair else ())
+        f1 = {s: float(self.mean[s].loc[metrics.MEAN_ROW, "f1"]) for s in names}
+        f1_std = {s: finite_or_none(self.std[s].loc[metrics.MEAN_ROW, "f1"]) for s in names}
+        fair = {}
+        if self.fair:
+            mean, std = self.paired_difference("B_PR_fair")
+            fair = {"fair_baseline_pr_mean_f1": f1["B_PR_fair"], "fair_baseline_pr_mean_f1_std": f1_std["B_PR_fair"],
+                    "fair_baseline_roc_mean_f1": f1["B_ROC_fair"], "fair_baseline_roc_mean_f1_std": f1_std["B_ROC_fair"],
+                    "fair_r4_minus_baseline_pr": mean, "fair_r4_minus_baseline_pr_std": finite_or_none(std),
+                    "r4_beats_fair_baseline_pr": bool(f1["R4"] > f1["B_PR_fair"])}
+        return fair | {
             "r4_mean_f1": f1["R4"],
             "r4_mean_f1_std": f1_std["R4"],
             "baseline_pr_mean_f1": f1["B_PR"],
@@ -227,7 +262,7 @@ def summarise(fold_evaluations: Sequence[FoldEvaluation], predictions: pd.DataFr
         raise ValueError("no folds to summarise")
     evaluations = tuple(sorted(fold_evaluations, key=lambda e: e.fold))
     mean, std = {}, {}
-    for name in SETTINGS:
+    for name in SETTINGS + (FAIR_BASELINES if all(e.fair for e in evaluations) else ()):
         mean[name], std[name] = metrics.mean_std([e.tables[name] for e in evaluations])
     for name in TABLE4:
         mean[name], std[name] = metrics.mean_std([e.table4[name] for e in evaluations])
@@ -240,7 +275,7 @@ def summarise(fold_evaluations: Sequence[FoldEvaluation], predictions: pd.DataFr
         fold_evaluations=evaluations,
         mean=mean,
         std=std,
-        per_fold_f1=pd.DataFrame([e.mean_f1() for e in evaluations]).rename_axis("fold"),
+        per_fold_f1=pd.DataFrame([e.mean_f1() for e in evaluations]).dropna(axis=1).rename_axis("fold"),
         regression_mse=float(mse.mean()),
         regression_mse_std=float(mse.std(ddof=1)) if len(mse) > 1 else math.nan,
         mse_by_combination=pd.DataFrame({"mean": by_fold.mean(axis=1), "std": by_fold.std(axis=1, ddof=1),
@@ -271,11 +306,15 @@ def evaluate_run(run_dir: str | os.PathLike, folds: Sequence[int] | None = None)
             raise FileNotFoundError(f"fold {fold} has no predictions: {path} is missing (is the fold still training? "
                                     f"pass folds=[...] to evaluate only finished folds)")
         frame = pd.read_parquet(path)
+        validation_path = fold_dir(run, fold) / VALIDATION_PREDICTIONS_FILE
+        validation = pd.read_parquet(validation_path) if validation_path.is_file() else None
         try:
             validate_predictions(frame, fold)
-            evaluations.append(evaluate_fold(frame, references))
+            if validation is not None:
+                validate_predictions(validation, fold_split(fold).validation)
+            evaluations.append(evaluate_fold(frame, references, validation))
         except PredictionsError as exc:
-            raise PredictionsError(f"{path}: {exc}") from exc
+            raise PredictionsError(f"{path if validation is None else path.parent}: {exc}") from exc
         frames.append(frame[PREDICTION_COLUMNS])
         logger.info("fold %d: %d test images, R4 mean F1 %.3f", fold, len(frame),
                     evaluations[-1].mean_f1()["R4"])

@@ -29,7 +29,15 @@ from clare_dist.evaluation import PREDICTION_COLUMNS
 from clare_dist.labels import CLASSES
 from clare_dist.models import ModelConfig, ScanNet, build_model, load_backbone_from
 from clare_dist.rules import References
-from clare_dist.runs import DONE_FILE, HISTORY_FILE, LAST_CHECKPOINT, PREDICTIONS_FILE, best_weights, phase_dir
+from clare_dist.runs import (
+    DONE_FILE,
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    PREDICTIONS_FILE,
+    VALIDATION_PREDICTIONS_FILE,
+    best_weights,
+    phase_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +209,8 @@ def predict(model: ScanNet, dataset: ScanDataset, config: TrainConfig) -> np.nda
 
 def train_fold(fold: int, table: pd.DataFrame, image_root: str | os.PathLike, references: References,
                fold_dir: str | os.PathLike, config: TrainConfig, report: Reporter | None = None) -> Path:
-    """Baseline, then regressor, then the test fold's predictions; skipped when already done."""
+    """Baseline, then regressor, then their predictions on the test fold and on the validation fold
+    (where the evaluation's fair protocol fits every threshold); skipped when already done."""
     fold_dir = Path(fold_dir)
     if (fold_dir / DONE_FILE).exists():
         log.info("fold %d: already done, nothing to train", fold)
@@ -213,20 +222,29 @@ def train_fold(fold: int, table: pd.DataFrame, image_root: str | os.PathLike, re
     device = resolve_device(config.device)
     weights = {phase: train_phase(phase, fold, data, references, fold_dir, config, report) for phase in PHASES}
 
-    outputs = {}
-    for phase, kind, head in (("baseline", "bits", "classification"), ("regressor", "coords", "regression")):
-        model = build_model(ModelConfig(backbone=config.backbone, head=head)).to(device)
-        model.load_state_dict(torch.load(weights[phase], map_location=device, weights_only=True))
-        outputs[phase] = predict(model, data.dataset("test", kind, references, config.image_size), config)
-    predictions = data.test[["image_index", "fold", "combination", *CLASSES]].copy()
-    predictions["x"], predictions["y"] = outputs["regressor"][:, 0], outputs["regressor"][:, 1]
-    probabilities = 1 / (1 + np.exp(-outputs["baseline"]))
-    for i, code in enumerate(CLASSES):
-        predictions[f"p_{code}"] = probabilities[:, i]
-    predictions = predictions[PREDICTION_COLUMNS]
+    models = {}
+    for phase, head in (("baseline", "classification"), ("regressor", "regression")):
+        models[phase] = build_model(ModelConfig(backbone=config.backbone, head=head)).to(device)
+        models[phase].load_state_dict(torch.load(weights[phase], map_location=device, weights_only=True))
     path = fold_dir / PREDICTIONS_FILE
-    with atomic_path(path) as tmp:
-        predictions.to_parquet(tmp, index=False)
+    for part, name in (("validation", VALIDATION_PREDICTIONS_FILE), ("test", PREDICTIONS_FILE)):  # the test fold's last
+        predictions = _predictions(models, data, part, references, config)
+        with atomic_path(fold_dir / name) as tmp:
+            predictions.to_parquet(tmp, index=False)
     write_json_atomic(fold_dir / DONE_FILE, {"fold": fold, "config": asdict(config), "test_images": len(predictions)})
     log.info("fold %d: done, %d test predictions in %s", fold, len(predictions), path)
     return path
+
+
+def _predictions(models: dict[str, nn.Module], data: FoldData, part: str, references: References,
+                 config: TrainConfig) -> pd.DataFrame:
+    """Both models' outputs on one part of the fold (test or validation), in PREDICTION_COLUMNS."""
+    coords = predict(models["regressor"], data.dataset(part, "coords", references, config.image_size), config)
+    logits = predict(models["baseline"], data.dataset(part, "bits", references, config.image_size), config)
+    table = getattr(data, part)
+    predictions = table[["image_index", "fold", "combination", *CLASSES]].copy()
+    predictions["x"], predictions["y"] = coords[:, 0], coords[:, 1]
+    probabilities = 1 / (1 + np.exp(-logits))
+    for i, code in enumerate(CLASSES):
+        predictions[f"p_{code}"] = probabilities[:, i]
+    return predictions[PREDICTION_COLUMNS]

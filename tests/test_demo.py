@@ -35,6 +35,9 @@ def test_demo_trains_bundles_indexes_and_screens_a_backlog(demo):
     bundle = load_bundle(out / "run" / "bundle")
     assert bundle.has_index and bundle.manifest["index"]["cases"] == 120
     assert (out / "run" / "evaluation" / "evaluation.md").exists()
+    assert "with thresholds fitted on the validation fold (fair); baseline (PR)" in printed  # the fair figure first
+    assert "## Fair protocol" in (out / "run" / "evaluation" / "evaluation.md").read_text()
+    assert (out / "screened" / "worklist.csv").exists()
 
     screened = read_results(out / "screened")
     assert len(screened) == 64 and screened["scan_id"].is_unique

@@ -226,7 +226,7 @@ def test_write_evaluation_files(noisy_evaluation, tmp_path):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     text = paths["markdown"].read_text()
-    for header in ("## Table 2.", "## Table 3.", "## Table 4.",
+    for header in ("## Table 2 (paper-style).", "## Table 3.", "## Table 4.",
                    "| Class | Recall (fixed by R4) | Precision | F1 | Precision (fixed by R4) | Recall | F1 |",
                    "| Class | Accuracy B_ROC | Accuracy B_PR |", "| Class | Accuracy R3 | Accuracy R4 |"):
         assert header in text

@@ -64,6 +64,9 @@ def test_a_killed_fold_resumes_without_redoing_epochs(tiny_archive, reference_di
     assert list(predictions.columns) == PREDICTION_COLUMNS
     assert predictions[["p_Ca", "p_Pa", "p_Pn", "p_Pl", "p_Ot"]].apply(lambda c: c.between(0, 1)).all().all()
     assert np.isfinite(predictions[["x", "y"]].to_numpy()).all()
+    validation = pd.read_parquet(fold_dir / "validation_predictions.parquet")  # where the fair thresholds are fitted
+    assert sorted(validation["image_index"]) == sorted(table.loc[table["fold"] == 1, "image_index"])
+    assert list(validation.columns) == PREDICTION_COLUMNS and set(validation["fold"]) == {1}
 
     # A finished fold is not trained again: the call returns at once and changes nothing.
     stamp = os.stat(fold_dir / "done.json").st_mtime_ns
