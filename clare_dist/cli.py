@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from clare_dist.cli_options import (
     SCAN_LIMITS,
     add_k,
+    add_loss,
     add_ray_options,
     add_result_folders,
     add_scan_limits,
@@ -71,7 +72,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole method on the embedded default (clare_dist/steps/demo.py); re-run, it resumes."""
     from clare_dist.steps.demo import run_demo
 
-    settings = DemoSettings(n_images=args.n_images, size=args.size, epochs=args.epochs, backlog=args.backlog, seed=args.seed)
+    settings = DemoSettings(n_images=args.n_images, size=args.size, epochs=args.epochs, backlog=args.backlog, seed=args.seed,
+                            loss=args.loss)
     run_demo(Path(args.out), settings, connect=lambda: _connect_ray(args.address, args.num_cpus), say=print)
     return 0
 
@@ -84,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         backbone=args.backbone, weights=args.weights, image_size=args.image_size, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience, seed=args.seed,
-        num_workers=args.loader_workers,
+        num_workers=args.loader_workers, loss=args.loss,
     )
     init_run(args.out, args.labels, args.references)
     _connect_ray(args.address, args.num_cpus)
@@ -242,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per phase and fold")
     p.add_argument("--backlog", type=int, default=d.backlog, help="scans in the backlog to screen (4 broken files are added)")
     p.add_argument("--seed", type=int, default=d.seed)
+    add_loss(p, d.loss)
     add_ray_options(p)
     p.set_defaults(func=cmd_demo)
 
@@ -281,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better validation loss")
     p.add_argument("--seed", type=int, default=0)
+    add_loss(p, "mse")  # `train` is the paper-faithful step; the demo states its own default
     p.add_argument("--folds", default="0,1,2,3,4", help="folds to train, e.g. 0,1,2,3,4")
     p.add_argument("--max-concurrent", type=int, default=None, help="folds at once (default: GPUs, or CPUs / cpus-per-fold)")
     p.add_argument("--cpus-per-fold", type=float, default=1.0)

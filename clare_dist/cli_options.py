@@ -41,6 +41,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_loss(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--loss", choices=("mse", "distance"), default=default,
+                   help=f"the regressor's loss: mse (the paper's) or distance (softmax over the distances to the 26 "
+                        f"references, cross-entropy on the scan's combination; clare_dist/losses.py) (default {default})")
+
+
 def add_result_folders(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dicom-out", type=Path, default=None,
                    help="write, per screened DICOM scan, a DICOM SR (TID 1500) and a Secondary Capture of the explanation, in the "

@@ -27,6 +27,7 @@ from clare_dist.cxr14 import fold_split
 from clare_dist.dataset import ScanDataset, targets_for
 from clare_dist.evaluation import PREDICTION_COLUMNS
 from clare_dist.labels import CLASSES
+from clare_dist.losses import LOSSES, regression_loss
 from clare_dist.models import ModelConfig, ScanNet, build_model, load_backbone_from
 from clare_dist.rules import References
 from clare_dist.runs import (
@@ -60,11 +61,14 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
+    loss: str = "mse"  # the regressor's: "mse" (the paper's) or "distance" (clare_dist/losses.py)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "epochs", "batch_size", "patience"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive; got {getattr(self, name)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"TrainConfig.loss must be one of {LOSSES}; got {self.loss!r}")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -166,7 +170,7 @@ def train_phase(phase: str, fold: int, data: FoldData, references: References, f
     if state["done"]:
         return best_path
 
-    loss_fn = nn.BCEWithLogitsLoss() if phase == "baseline" else nn.MSELoss()
+    loss_fn = nn.BCEWithLogitsLoss() if phase == "baseline" else regression_loss(config.loss, references)
     train = data.dataset("train", kind, references, config.image_size, augment=True)
     validation = _loader(data.dataset("validation", kind, references, config.image_size), config, False, 0)
     for epoch in range(state["epoch"] + 1, config.epochs):

@@ -45,9 +45,10 @@ class DemoSettings:
     learning_rate: float = 1e-3
     patience: int = 3
     embed_task_cpus: float = 0.25
+    loss: str = "mse"
 
     def recorded(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in ("n_images", "size", "epochs", "backlog", "seed")}
+        return {name: getattr(self, name) for name in ("n_images", "size", "epochs", "backlog", "seed", "loss")}
 
 
 def run_demo(out: Path, settings: DemoSettings, connect: Callable[[], None], say: Callable[[str], None] = log.info) -> Path:
@@ -79,7 +80,7 @@ def run_demo(out: Path, settings: DemoSettings, connect: Callable[[], None], say
 
     config = TrainConfig(backbone=settings.backbone, image_size=settings.size, epochs=settings.epochs,
                          batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                         patience=settings.patience, seed=settings.seed, num_workers=0)
+                         patience=settings.patience, seed=settings.seed, num_workers=0, loss=settings.loss)
     run_cross_validation(run / LABELS_FILE, archive, run / REFERENCES_FILE, run, config)
     headline = evaluate(run)[0].headline
     bundle = load_bundle(run / BUNDLE_DIR) if (run / BUNDLE_DIR).is_dir() else export(run, archive, None, False)
