@@ -42,6 +42,15 @@ def test_perfect_validation_scores_give_the_fair_baseline_the_paper_style_one():
     fold = ev.evaluate_fold(predictions(refs), refs, predictions(refs, fold=1))
     for fair, paper in zip(ev.FAIR_BASELINES, ("B_ROC", "B_PR")):
         pd.testing.assert_frame_equal(fold.tables[fair], fold.tables[paper])
+    np.testing.assert_allclose(fold.tables[ev.KNN]["f1"].to_numpy(float), 1.0)  # points on their own references
+
+
+def test_the_knn_decoder_takes_the_most_frequent_combination_of_the_nearest_known_cases():
+    known = pd.DataFrame({"x": [0.0, 0.1, 0.2, 5.0, 5.1], "y": 0.0, "combination": ["Ca", "Pa", "Pa", "Pn", "Pn"]})
+    bits = ev.knn_decisions(np.array([[0.05, 0.0], [5.0, 0.0], [0.0, 0.0]]), known, k=3)
+    assert [ev.pattern_names(b[None])[0] for b in bits] == ["Pa", "Pn", "Pa"]
+    tie = ev.knn_decisions(np.array([[0.0, 0.0]]), known.iloc[:2], k=2)  # one each: the nearest one's
+    assert ev.pattern_names(tie)[0] == "Ca"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +74,8 @@ def test_a_run_with_validation_predictions_reports_the_fair_figures_first(fair_r
     assert headline["fair_baseline_pr_mean_f1"] == pytest.approx(evaluation.mean["B_PR_fair"].loc[MEAN_ROW, "f1"])
     text = evaluation_markdown(evaluation)
     assert text.index("## Fair protocol") < text.index("## Table 2 (paper-style)")
-    assert "| B_PR_fair |" in text and "| B_ROC_fair |" in text and "R4 − baseline, mean F1" in text
+    assert "| B_PR_fair |" in text and "| B_ROC_fair |" in text and "| kNN |" in text and "R4 − baseline, mean F1" in text
+    assert "and the kNN decoder" in text and headline["knn_mean_f1"] == pytest.approx(evaluation.mean["kNN"].loc[MEAN_ROW, "f1"])
     assert "**R4 against the baseline, fairly (thresholds fitted on the validation fold):**" in text
 
 
