@@ -36,7 +36,7 @@ from clare_dist.evaluation import (
 from clare_dist.labels import CLASSES
 from clare_dist.plots import predictions_by_combination_figure, roc_pr_figure, save_figure
 from clare_dist.result import INTENDED_USE
-from clare_dist.rules import apply_rules
+from clare_dist.rules import apply_rules, self_inconsistent
 from clare_dist.runs import EVALUATION_FILES
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,16 @@ def _verdict(evaluation: RunEvaluation) -> str:
     return (f"**R4 against the baseline, fairly (thresholds fitted on the validation fold):** R4's mean F1 ({f1['R4']}) "
             f"{verb[h['r4_beats_fair_baseline_pr']]} the baseline with PR thresholds (B_PR_fair, {f1['B_PR_fair']}; "
             f"B_ROC_fair {f1['B_ROC_fair']}). Paper-style, with the thresholds tuned on the test fold: {paper}.")
+
+
+def _layout_check(evaluation: RunEvaluation) -> str:
+    """Whether a perfect regressor would be decided right: R4 at each reference's own point."""
+    wrong = self_inconsistent(evaluation.references)
+    if not wrong:
+        return "**Reference layout:** R4 decides each of the 26 references correctly at its own point."
+    listed = ", ".join(f"{name} → {decided}" for name, decided in wrong)
+    return (f"**Reference layout:** at its own point, R4 decides {len(wrong)} of the 26 references as another "
+            f"combination ({listed}): scans of these combinations are decided wrong even by a perfect regressor.")
 
 
 def _fair_section(evaluation: RunEvaluation) -> list[str]:
@@ -125,6 +135,7 @@ def evaluation_markdown(evaluation: RunEvaluation) -> str:
         "mean of the five classes.",
         _verdict(evaluation),
         f"Regression MSE to the ground-truth reference coordinate: {mse}.",
+        _layout_check(evaluation),
         *_fair_section(evaluation),
         "## Table 2 (paper-style). Baseline classifier (B_ROC: thresholds maximising TPR − FPR; "
         "B_PR: precision–recall break-even)",

@@ -118,3 +118,14 @@ def apply_rules(coords: np.ndarray, references: References) -> RuleResult:
         bits=bits,
         **{rule: pattern_names(b) for rule, b in bits.items()},
     )
+
+
+def self_inconsistent(references: References) -> list[tuple[str, str]]:
+    """(reference, what R4 decides at its own point) for every reference R4 gets wrong there.
+
+    A perfect regressor puts each scan on its combination's reference; where R4 decides another
+    combination at that very point (its two nearest neighbours share a class it lacks), even that
+    regressor is wrong. An empty list is a layout a perfect regressor would decode right.
+    """
+    decided = apply_rules(references.coords, references).r4
+    return [(name, str(d)) for name, d in zip(references.names, decided) if name != d]

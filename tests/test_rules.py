@@ -121,3 +121,20 @@ def test_explanation_without_recurrent_classes_several_and_no_finding():
     normal = explanation([NO_FINDING, "Pa", "Pl"], NO_FINDING)
     assert normal.startswith("This scan is unlikely to include any of the screened findings")
     assert normal.endswith("Pa, Pl.")
+
+
+def test_the_layout_check_finds_the_references_r4_decides_as_another_combination():
+    from clare_dist.rules import self_inconsistent
+
+    # On a line in combination order each single class is right at its own point, but PnPl's two
+    # nearest (PaOt and PnOt) share Ot, which R4 adds: 13 of the 26 are decided as another combination.
+    line = References.from_mapping({name: [float(i), 0.0] for i, name in enumerate(COMBINATIONS)})
+    wrong = dict(self_inconsistent(line))
+    assert len(wrong) == 13 and wrong["PnPl"] == "PnPlOt" and not {"Ca", "Pa", "Pn", "Pl", "Ot"} & set(wrong)
+    decided = apply_rules(line.coords, line).r4
+    assert wrong == {n: d for n, d in zip(COMBINATIONS, decided) if n != d}
+    # A bad layout: Pn's two nearest other references both hold Pa, so R4 adds Pa at Pn's own point.
+    places = {name: [10.0 + 3 * i, 10.0] for i, name in enumerate(COMBINATIONS)}
+    places |= {"Pn": [0.0, 0.0], "PaPl": [0.0, 0.1], "PaOt": [0.1, 0.0], "Pa": [0.3, 0.3]}
+    bad = References.from_mapping(places)
+    assert ("Pn", "PaPn") in self_inconsistent(bad)
