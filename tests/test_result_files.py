@@ -106,3 +106,22 @@ def test_the_readme_table_of_codes_is_the_one_the_encoders_use():
         row = (f'| {code} | {CLASS_MEMBERS[code]} | {concept.scheme} {concept.value} "{concept.meaning}" | '
                f'SCT {site.value} "{site.meaning}" |')
         assert row in readme, row
+
+
+def test_a_source_value_dicom_does_not_allow_is_refused_by_name_never_by_value(tiny_bundle, tmp_path, caplog):
+    import io
+    import logging
+
+    bundle = load_bundle(tiny_bundle)
+    source = tmp_path / "odd.dcm"
+    ds = pydicom.dcmread(io.BytesIO(dx(5, "explicit")))
+    ds.PatientSex, ds.StudyDate = "secret-sex", "secret-date"  # a CS in lower case, a DA that is no date
+    ds.save_as(source, enforce_file_format=True)
+    screening = Screening(scan_id="odd.dcm", model_version=bundle.model_version, x=0.1, y=0.2, top3=["Ca", "Pa", "Pn"],
+                          top3_distances=[0.1, 0.2, 0.3], combination="Ca", Ca=1, Pa=0, Pn=0, Pl=0, Ot=0, explanation="Ca.")
+    with caplog.at_level(logging.DEBUG):
+        files = write_result_files(screening, source, algorithm_of(bundle), ResultFolders(tmp_path / "pacs", tmp_path / "ehr"),
+                                   picture=lambda: np.zeros((8, 8, 3), np.uint8))
+    assert "PatientSex, StudyDate hold(s) a value DICOM does not allow" in files.note
+    assert [p.parent.name for p in files.paths] == ["ehr"]  # the FHIR Bundle still goes
+    assert "secret" not in files.note and "secret" not in caplog.text

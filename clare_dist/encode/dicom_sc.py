@@ -27,6 +27,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
 from clare_dist.encode.dicom_equipment import algorithm_equipment
+from clare_dist.encode.dicom_source import check_copied_values
 from clare_dist.encode.identity import MANUFACTURER, Algorithm, derived_uid
 from clare_dist.errors import ResultEncodingError
 from clare_dist.result import INTENDED_USE, Screening
@@ -74,6 +75,7 @@ def explanation_sc(screening: Screening, source: Dataset, picture: np.ndarray, a
         raise ResultEncodingError(f"the picture must be an H×W×3 uint8 RGB array, got {described}")
 
     version = algorithm.model_version
+    check_copied_values(source)
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -94,8 +96,11 @@ def explanation_sc(screening: Screening, source: Dataset, picture: np.ndarray, a
             manufacturer_model_name=algorithm.model_name,
             software_versions=algorithm.software_version,
         )
-    except ValueError as error:  # a patient or study value of the source that DICOM does not allow
-        raise ResultEncodingError(f"the source DICOM's patient or study module is not valid DICOM: {error}") from error
+    except (ValueError, TypeError) as error:  # a patient or study value of the source that DICOM does not allow
+        raise ResultEncodingError(
+            f"the source DICOM's patient or study module holds a value DICOM does not allow ({type(error).__name__}); "
+            "check its patient and study attributes in the PACS (the value is not repeated here: it may be patient data)"
+        ) from error
     sc.BodyPartExamined = "CHEST"  # what CLARE-XR screens; an unpaired part, so no Laterality
     sc.PatientOrientation = None  # Type 2, empty: the picture's rows and columns are no patient directions
     sc.ConversionType = "WSD"  # drawn on a workstation, not digitised

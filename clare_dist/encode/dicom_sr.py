@@ -49,6 +49,7 @@ from clare_dist.encode.codes import (
     combination_concept,
 )
 from clare_dist.encode.dicom_equipment import PROCESSING_ALGORITHM, algorithm_equipment
+from clare_dist.encode.dicom_source import check_copied_values
 from clare_dist.encode.identity import MANUFACTURER, Algorithm, derived_uid
 from clare_dist.errors import ResultEncodingError
 from clare_dist.labels import CLASSES
@@ -80,6 +81,17 @@ def screening_sr(screening: Screening, source: Dataset, algorithm: Algorithm) ->
     than `algorithm`, a source lacking an attribute highdicom needs (named in the message).
     """
     _check(screening, source, algorithm)
+    check_copied_values(source)
+    try:
+        return _report(screening, source, algorithm)
+    except (ValueError, TypeError, AttributeError) as error:  # highdicom refuses a value copied from the source
+        raise ResultEncodingError(
+            f"the source DICOM's patient or study module holds a value DICOM does not allow ({type(error).__name__}); "
+            "check its patient and study attributes in the PACS (the value is not repeated here: it may be patient data)"
+        ) from error
+
+
+def _report(screening: Screening, source: Dataset, algorithm: Algorithm) -> hd.sr.Comprehensive3DSR:
     version = algorithm.model_version
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
