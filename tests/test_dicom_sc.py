@@ -9,8 +9,6 @@ grid of references (as tests/test_screening.py lays them out), the scan is a syn
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
+from dicom_tools import dciodvfy
 
 from clare_dist.encode.dicom_sc import SERIES_DESCRIPTION, explanation_sc, picture_from_png
 from clare_dist.encode.identity import MANUFACTURER, Algorithm
@@ -52,16 +51,6 @@ def stored_pixels(seed: int) -> np.ndarray:
 
 def header(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-
-
-def dciodvfy(path: Path) -> tuple[list[str], str]:
-    """The Error lines dciodvfy prints for a file, and all it printed."""
-    exe = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-    if not Path(exe).exists():
-        pytest.fail("dciodvfy is missing: apt-get install dicom3tools (.ci/run installs it)")
-    run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    printed = run.stdout + run.stderr
-    return [line for line in printed.splitlines() if line.startswith("Error")], printed
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +97,7 @@ def test_sc_is_valid_and_holds_the_picture_in_the_source_study(name, sources, sc
     source = header(sources[name])
     path = written(explanation_sc(screening, source, picture, ALGORITHM), tmp_path / "sc.dcm")
 
-    errors, printed = dciodvfy(path)
+    errors, _, printed = dciodvfy(path)
     assert not errors and "SCImage" in printed, printed
 
     back = pydicom.dcmread(path)

@@ -6,8 +6,6 @@ no patient data beyond what the source's patient and study modules hold."""
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
@@ -20,6 +18,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
+from dicom_tools import dciodvfy
 
 from clare_dist.encode.api_json import api_answer
 from clare_dist.encode.dicom_sr import (
@@ -61,16 +60,6 @@ EXPECTED_WARNINGS = {
     "Warning - Attribute is not present in standard DICOM IOD - (0x0018,0x1002) UI Device UID",
     "Warning - Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class",
 }
-
-
-def dciodvfy(path: Path) -> tuple[list[str], set[str], str]:
-    """The Error lines, the distinct Warning lines and all dciodvfy printed for a file."""
-    exe = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-    if not Path(exe).exists():
-        pytest.fail("dciodvfy is missing: apt-get install dicom3tools (.ci/run installs it)")
-    run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    lines = [line.strip() for line in (run.stdout + run.stderr).splitlines()]
-    return [x for x in lines if x.startswith("Error")], {x for x in lines if x.startswith("Warning")}, "\n".join(lines)
 
 
 def header(data: bytes) -> Dataset:

@@ -4,8 +4,6 @@ highdicom as a source, and every transfer syntax decoding back to the uncompress
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 import zlib
 from collections import defaultdict
 from dataclasses import replace
@@ -18,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
+from dicom_tools import dciodvfy
 
 from clare_dist.cli import main
 from clare_dist.synth import SynthConfig, write_archive
@@ -36,18 +35,8 @@ COMPRESSED = [name for name in TRANSFER_SYNTAXES if name != "explicit"]
 PSNR_FLOOR = J2K_LOSSY_PSNR - 1  # dB, peak 2**BitsStored - 1: jpeg2000-lossy files measure 50.0 .. 50.1
 
 
-def dciodvfy(path: Path) -> tuple[list[str], str]:
-    """The Error lines dciodvfy prints for a file, and all it printed."""
-    exe = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-    if not Path(exe).exists():
-        pytest.fail("dciodvfy is missing: apt-get install dicom3tools (.ci/run installs it)")
-    run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    printed = run.stdout + run.stderr
-    return [line for line in printed.splitlines() if line.startswith("Error")], printed
-
-
 def assert_valid_dx(path: Path) -> None:
-    errors, printed = dciodvfy(path)
+    errors, _, printed = dciodvfy(path)
     assert not errors and "DXImageForPresentation" in printed, f"{path.name}:\n{printed}"
 
 
