@@ -77,6 +77,11 @@ def explanation_picture(bundle: Bundle, index: CaseIndex | None, screening: Scre
     return picture_from_png(figure_png(explanation_of(bundle, index, unnamed, source, images_root, limits)))
 
 
+def study_uid(header: Dataset | None) -> str | None:
+    """The Study Instance UID a FHIR report names the study by; None for a scan that belongs to no study."""
+    return str(header.StudyInstanceUID) if header is not None and header.get("StudyInstanceUID") else None
+
+
 def dicom_bytes(dataset: Dataset) -> bytes:
     """A dataset as a DICOM Part 10 file (preamble, file meta), as a PACS stores it."""
     buffer = io.BytesIO()
@@ -106,9 +111,8 @@ def write_result_files(screening: Screening, source: ScanSource, algorithm: Algo
             except ClareError as err:  # the source lacks what the SR/SC must carry; the FHIR Bundle still goes
                 notes.append(_not_written(err))
     if folders.fhir is not None:
-        study = str(header.StudyInstanceUID) if header is not None and header.get("StudyInstanceUID") else None
         try:
-            document = screening_bundle(screening, algorithm, study)
+            document = screening_bundle(screening, algorithm, study_uid(header))
             paths.append(write_json_atomic(folders.fhir / f"{document['id']}.json", document))
         except ClareError as err:
             notes.append(_not_written(err))

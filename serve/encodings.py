@@ -15,7 +15,7 @@ from clare_dist.encode.fhir import screening_bundle
 from clare_dist.encode.identity import Algorithm
 from clare_dist.errors import ClareError
 from clare_dist.result import Screening
-from clare_dist.result_files import dicom_bytes
+from clare_dist.result_files import dicom_bytes, study_uid
 from clare_dist.scans import ScanConfig, ScanError, read_dicom_header
 from serve.contract import DICOM, FHIR
 from serve.requests import APIError
@@ -34,8 +34,7 @@ def encoded_answer(screening: Screening, body: bytes, media: str, algorithm: Alg
                                                  "study to put an SR into; ask for application/json or application/fhir+json")
             return dicom_bytes(screening_sr(screening, header, algorithm))
         if media == FHIR:
-            study = str(header.StudyInstanceUID) if header is not None and "StudyInstanceUID" in header else None
-            return json.dumps(screening_bundle(screening, algorithm, study)).encode()
+            return json.dumps(screening_bundle(screening, algorithm, study_uid(header))).encode()
     except APIError:
         raise
     except ClareError as err:  # the source lacks what the result must carry; the message names it

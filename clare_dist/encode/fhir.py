@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import copy
 import html
-import uuid
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from clare_dist.encode.codes import ABSENT, CLASS_CONCEPTS, FINDING_SITES, PRESENT, Concept, combination_concept
-from clare_dist.encode.identity import MANUFACTURER, Algorithm
+from clare_dist.encode.identity import FHIR_IDS, MANUFACTURER, Algorithm, derived_uuid
 from clare_dist.errors import ResultEncodingError
 from clare_dist.labels import CLASSES
 from clare_dist.result import INTENDED_USE, Screening
@@ -54,8 +53,6 @@ REPORT_CODE = {"coding": [{"system": "http://loinc.org", "code": "18748-4", "dis
 RADIOLOGY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}]}
 IMAGING = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging",
                        "display": "Imaging"}]}
-# The namespace of every FHIR id clare-dist derives; fixed forever, or rerun ids change.
-_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:clare-dist:fhir-ids")
 # Codes of required bindings (FHIR R4 value sets), which the fhir.resources models leave unchecked.
 _REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ("Bundle", "type"): frozenset({"document", "message", "transaction", "transaction-response", "batch",
@@ -70,7 +67,7 @@ _DEVICE_NAME_TYPES = frozenset({"udi-label-name", "user-friendly-name", "patient
 
 
 def _uuid(*parts: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, chr(31).join(parts)))
+    return str(derived_uuid(FHIR_IDS, *parts))
 
 
 def _codeable(concept: Concept) -> dict[str, Any]:

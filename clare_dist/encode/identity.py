@@ -16,15 +16,21 @@ import clare_dist
 
 MANUFACTURER = "clare-dist project"
 ALGORITHM_NAME = "CLARE-XR"
-# The namespace of every name-based UUID clare-dist derives; fixed forever, or rerun UIDs change.
-_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:clare-dist:dicom-uids")
+# The namespaces of the name-based UUIDs clare-dist derives; fixed forever, or rerun UIDs and ids change.
+DICOM_UIDS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:clare-dist:dicom-uids")
+FHIR_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:clare-dist:fhir-ids")
+
+
+def derived_uuid(namespace: uuid.UUID, *parts: str) -> uuid.UUID:
+    """The name-based UUID (version 5) of `parts` in `namespace`: the same parts, the same UUID."""
+    if not parts or not all(isinstance(p, str) and p for p in parts):
+        raise ValueError(f"a derived UID needs non-empty string parts; got {parts!r}")
+    return uuid.uuid5(namespace, chr(31).join(parts))
 
 
 def derived_uid(*parts: str) -> str:
     """A DICOM UID (at most 64 characters) determined by `parts` alone."""
-    if not parts or not all(isinstance(p, str) and p for p in parts):
-        raise ValueError(f"a derived UID needs non-empty string parts; got {parts!r}")
-    return f"2.25.{uuid.uuid5(_NAMESPACE, chr(31).join(parts)).int}"
+    return f"2.25.{derived_uuid(DICOM_UIDS, *parts).int}"
 
 
 @dataclass(frozen=True)
