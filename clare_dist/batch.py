@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from clare_dist.archive import IMAGE_SUFFIXES
 from clare_dist.encode.parquet_row import ROW_SCHEMA, to_table
-from clare_dist.result import DEFAULT_K, STATUS_ERROR, STATUS_OK, Screening
+from clare_dist.result import DEFAULT_K, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, Screening
 from clare_dist.rules import References
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
 from clare_dist.screening import screen_points
@@ -115,15 +115,16 @@ def finish_batch(batch: pd.DataFrame, references: References, model_version: str
 
 def finish_screenings(batch: pd.DataFrame, references: References, model_version: str, index=None,
                       k: int = DEFAULT_K) -> list[Screening]:
-    """Coordinates → Screenings (R4 decision, top 3, explanation, similar cases; the failed scans as
-    they came), in the batch's order: the same stage functions as one scan through `clare-dist
+    """Coordinates → Screenings (R4 decision, top 3, explanation, similar cases; the failed and
+    skipped scans as they came), in the batch's order: the same stage functions as one scan through `clare-dist
     predict` or the API."""
     ok = (batch["status"] == STATUS_OK).to_numpy()
     ids = batch["scan_id"].astype(str).tolist()
     coords = batch[["x", "y"]].to_numpy(dtype=np.float64)[ok]
     screened = iter(screen_points(coords, [i for i, good in zip(ids, ok) if good], references, index, model_version, k))
-    return [next(screened) if good else Screening.failed(scan_id, str(kind), str(reason), model_version)
-            for scan_id, good, kind, reason in zip(ids, ok, batch["error_kind"], batch["error_reason"])]
+    return [next(screened) if good else
+            (Screening.skipped if status == STATUS_SKIPPED else Screening.failed)(scan_id, str(kind), str(reason), model_version)
+            for scan_id, good, status, kind, reason in zip(ids, ok, batch["status"], batch["error_kind"], batch["error_reason"])]
 
 
 def inputs_table(inputs: Iterable[ScanInput]) -> pd.DataFrame:

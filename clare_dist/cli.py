@@ -24,6 +24,7 @@ from clare_dist.cli_options import (
     parse_folds,
     scan_limits,
 )
+from clare_dist.cli_pacs import add_listen_parser, add_pacs_source, pacs_source
 from clare_dist.cxr14 import FOLD_SEED, combination_counts, format_counts_table
 from clare_dist.errors import ClareError, UsageError
 from clare_dist.runs import LABELS_FILE
@@ -186,6 +187,7 @@ def _result_writer(args: argparse.Namespace, screener, limits: ScanConfig) -> Ca
 def cmd_embed(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    pacs_source(args)  # a wrong combination of options fails before Ray starts
     _connect_ray(args.address, args.num_cpus)
     from clare_dist.case_index import build_case_index
     from jobs.embed import EmbedSettings, run_embed
@@ -197,10 +199,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
         folders = ResultFolders(args.dicom_out, args.fhir_out)
     settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=scan_limits(args),
                              results=folders)
-    results = run_embed(args.bundle, args.archive, args.out, settings)
+    results = run_embed(args.bundle, pacs_source(args) or args.archive, args.out, settings)
     counts = results["status"].value_counts()
-    print(f"{len(results)} scans: {counts.get('ok', 0)} screened, {counts.get('error', 0)} failed; "
+    skipped = f", {counts['skipped']} skipped" if counts.get("skipped") else ""
+    print(f"{len(results)} scans: {counts.get('ok', 0)} screened, {counts.get('error', 0)} failed{skipped}; "
           f"results in {args.out / 'results'}")
+    if results["results_stored"].notna().any():
+        confirmed = int((results["results_stored"] == "confirmed").sum())
+        print(f"results stored back and confirmed for {confirmed} of {int(results['results_stored'].notna().sum())} scans")
     print(f"report: {(args.out / 'report.html').resolve()}")
     if args.build_index:
         if args.labels is None:
@@ -298,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="screen an archive on Ray Data: one Parquet row per scan; resumable")
     p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--archive", type=Path, required=True, help="folder of PNG/JPEG/DICOM (any depth) or a manifest")
+    p.add_argument("--archive", type=Path, default=None, help="folder of PNG/JPEG/DICOM (any depth) or a manifest")
     p.add_argument("--out", type=Path, required=True, help="output folder; re-running resumes it")
     p.add_argument("--labels", type=Path, default=None, help="labels.parquet of a labelled archive (with --build-index)")
     p.add_argument("--build-index", action="store_true", help="make the labelled archive the bundle's case index")
@@ -308,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_options(p)
     add_scan_limits(p)
     add_result_folders(p)
+    add_pacs_source(p)
     p.set_defaults(func=cmd_embed)
+    add_listen_parser(sub)
 
     p = sub.add_parser("evaluate", help="the paper's Tables 2-4 and figures for a run")
     p.add_argument("--run", type=Path, required=True)

@@ -26,7 +26,8 @@ from clare_dist.atomic import write_text_atomic
 from clare_dist.bundle import Bundle
 from clare_dist.encode.parquet_row import from_row
 from clare_dist.labels import COMBINATION_INDEX
-from clare_dist.result import INTENDED_USE, STATUS_ERROR, STATUS_OK, Screening
+from clare_dist.pacs.errors import PACS_ERROR_KINDS, SKIP_KINDS
+from clare_dist.result import INTENDED_USE, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, Screening
 from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.screening import THUMBNAIL_SIZE, case_images, decode
 from clare_dist.triage import WORKLIST_FILE, worklist
@@ -75,6 +76,7 @@ def write_report(out_dir: Path, results: pd.DataFrame, bundle: Bundle, index: Ca
         _counts(ok),
         _reference_space(ok, bundle, seed),
         _failures(results[results["status"] == STATUS_ERROR]),
+        *([_failures(results[results["status"] == STATUS_SKIPPED], skipped=True)] if (results["status"] == STATUS_SKIPPED).any() else []),
         _explained(ok, bundle, index, images_root, sample, seed),
     ]
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -89,10 +91,13 @@ def _summary(results: pd.DataFrame, bundle: Bundle) -> str:
     """What ran, on how much, with which model, when, and what the output may be used for."""
     n_ok = int((results["status"] == STATUS_OK).sum())
     n_error = int((results["status"] == STATUS_ERROR).sum())
+    n_skipped = int((results["status"] == STATUS_SKIPPED).sum())
     rows = [
         ("Scans", f"{len(results):,}"),
         ("Screened (ok)", f"{n_ok:,}"),
         ("Failed (error)", f"{n_error:,}"),
+        *([("Skipped (outside what is screened)", f"{n_skipped:,}")] if n_skipped else []),
+        *_stored_rows(results),
         ("Model version", escape(bundle.model_version)),
         ("Model", escape(f"{bundle.manifest.get('backbone', '?')}, {bundle.image_size} px input")),
         ("Report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
@@ -105,6 +110,16 @@ def _summary(results: pd.DataFrame, bundle: Bundle) -> str:
         html += (f'<p class="warn">Some rows were made by another model version: '
                  f"{escape(', '.join(others))}. Their points are not comparable with this model's.</p>\n")
     return html
+
+
+def _stored_rows(results: pd.DataFrame) -> list[tuple[str, str]]:
+    """What became of the results a PACS run stored back: confirmed, or failed (their reasons are in the rows)."""
+    stored = results["results_stored"].dropna().astype(str) if "results_stored" in results else pd.Series([], dtype=str)
+    if stored.empty:
+        return []
+    confirmed = int((stored == "confirmed").sum())
+    return [("Results stored in the PACS and confirmed", f"{confirmed:,}"),
+            ("Results not stored or not confirmed", f"{len(stored) - confirmed:,}")]
 
 
 def _counts(ok: pd.DataFrame) -> str:
@@ -158,25 +173,27 @@ def _reading_order(results: pd.DataFrame, bundle: Bundle) -> str:
     return html + "</tbody>\n</table>\n"
 
 
-def _failures(errors: pd.DataFrame) -> str:
-    """Which scans were not screened and why, grouped by kind so a systematic problem stands out."""
-    html = "<h2>Failed scans</h2>\n"
+def _failures(errors: pd.DataFrame, skipped: bool = False) -> str:
+    """Which scans were not screened and why, grouped by kind so a systematic problem stands out
+    (the failed ones, or with `skipped` those outside what is screened)."""
+    kinds_id, rows_id, word = ("skip-kinds", "skipped", "skipped") if skipped else ("failure-kinds", "failures", "failed")
+    html = "<h2>Skipped scans</h2>\n" if skipped else "<h2>Failed scans</h2>\n"
     if errors.empty:
         return html + "<p>No scan failed.</p>\n"
     failed = [row_screening(row) for _, row in errors.iterrows()]
     kinds, reasons = [s.error_kind for s in failed], [s.error_reason for s in failed]
     by_kind = pd.Series(kinds).value_counts()
-    html += '<table id="failure-kinds">\n<thead><tr><th>Kind</th><th>Scans</th></tr></thead>\n<tbody>\n'
+    html += f'<table id="{kinds_id}">\n<thead><tr><th>Kind</th><th>Scans</th></tr></thead>\n<tbody>\n'
     html += "".join(f'<tr><td>{escape(kind)}</td><td class="n">{n:,}</td></tr>\n' for kind, n in by_kind.items())
-    html += '</tbody>\n</table>\n<table id="failures">\n<thead><tr><th>Scan id</th><th>Kind</th><th>Reason</th></tr></thead>\n<tbody>\n'
+    html += f'</tbody>\n</table>\n<table id="{rows_id}">\n<thead><tr><th>Scan id</th><th>Kind</th><th>Reason</th></tr></thead>\n<tbody>\n'
     html += "".join(
         f"<tr><td><code>{escape(str(scan_id))}</code></td><td>{escape(kind)}</td><td>{escape(reason)}</td></tr>\n"
         for scan_id, kind, reason in list(zip(errors["scan_id"], kinds, reasons))[:MAX_FAILURES]
     )
     html += "</tbody>\n</table>\n"
     if len(errors) > MAX_FAILURES:
-        html += (f'<p id="failures-more">The first {MAX_FAILURES:,} by scan id are listed; {len(errors) - MAX_FAILURES:,} '
-                 "more failed scans are in the results Parquet files (status = error).</p>\n")
+        html += (f'<p id="{rows_id}-more">The first {MAX_FAILURES:,} by scan id are listed; {len(errors) - MAX_FAILURES:,} '
+                 f"more {word} scans are in the results Parquet files (status = {'skipped' if skipped else 'error'}).</p>\n")
     return html
 
 
@@ -232,7 +249,7 @@ def choose_sample(ok: pd.DataFrame, sample: int, seed: int) -> pd.DataFrame:
 
 def row_screening(row: Mapping[str, Any]) -> Screening:
     """A results row as the Screening it was written from."""
-    return from_row(row, SCAN_ERROR_KINDS)
+    return from_row(row, SCAN_ERROR_KINDS + PACS_ERROR_KINDS + SKIP_KINDS)
 
 
 def _combination_order(name: str) -> tuple[int, str]:

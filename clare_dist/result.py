@@ -4,7 +4,8 @@ A scan screened by `clare-dist predict`, by the batch job or by the API becomes 
 the API's JSON, the batch job's Parquet row, the terminal summary and the report entry are
 encodings of it (`clare_dist.encode`), so one scan gives the same answer everywhere and a new
 output (DICOM SR, FHIR) is one more encoder. A scan that could not be screened is a Screening
-too, with status "error", the ScanError kind and its reason, and nothing else.
+too, with status "error", the ScanError kind and its reason, and nothing else; so is one that was
+deliberately not screened (status "skipped": a lateral view a PACS query listed, say).
 
 Results carry a scan id (the file name, an archive path or an id the caller gives), never
 patient data.
@@ -21,6 +22,7 @@ INTENDED_USE = "screening aid for research; not a certified medical device"
 DEFAULT_K = 9  # similar known cases a screening carries unless asked for another number
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+STATUS_SKIPPED = "skipped"  # outside what is screened (a lateral view, another body part): kind and reason say which
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ class Screening:
     def failed(cls, scan_id: str, kind: str, reason: str, model_version: str) -> Screening:
         """A scan that could not be screened: `kind` is a ScanError kind, `reason` its message."""
         return cls(scan_id=scan_id, model_version=model_version, status=STATUS_ERROR, error_kind=kind, error_reason=reason)
+
+    @classmethod
+    def skipped(cls, scan_id: str, kind: str, reason: str, model_version: str) -> Screening:
+        """A scan outside what is screened: `kind` is a pacs.errors.SKIP_KINDS kind, `reason` says what it is."""
+        return cls(scan_id=scan_id, model_version=model_version, status=STATUS_SKIPPED, error_kind=kind, error_reason=reason)
 
     @property
     def ok(self) -> bool:

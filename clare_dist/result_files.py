@@ -105,9 +105,7 @@ def write_result_files(screening: Screening, source: ScanSource, algorithm: Algo
             notes.append(NO_STUDY_NOTE)
         else:
             try:
-                paths.append(_write_dicom(folders.dicom, screening_sr(screening, header, algorithm)))
-                if picture is not None:
-                    paths.append(_write_dicom(folders.dicom, explanation_sc(screening, header, picture(), algorithm)))
+                paths += [_write_dicom(folders.dicom, dataset) for dataset in dicom_results(screening, header, algorithm, picture)]
             except ClareError as err:  # the source lacks what the SR/SC must carry; the FHIR Bundle still goes
                 notes.append(_not_written(err))
     if folders.fhir is not None:
@@ -117,6 +115,15 @@ def write_result_files(screening: Screening, source: ScanSource, algorithm: Algo
         except ClareError as err:
             notes.append(_not_written(err))
     return ResultFiles(paths, "; ".join(notes) or None)
+
+
+def dicom_results(screening: Screening, header: Dataset, algorithm: Algorithm, picture: Picture | None) -> list[Dataset]:
+    """The SR and (with `picture`) the Secondary Capture of a screened DICOM scan, in its study;
+    ResultEncodingError when the source lacks what they must carry."""
+    datasets = [screening_sr(screening, header, algorithm)]
+    if picture is not None:
+        datasets.append(explanation_sc(screening, header, picture(), algorithm))
+    return datasets
 
 
 def _not_written(err: ClareError) -> str:

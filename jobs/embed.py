@@ -2,7 +2,10 @@
 
 The pipeline is decode (CPU tasks) → ONNX Runtime regression (an actor pool; CUDA with a GPU)
 → rules, explanation and similar cases (CPU tasks) → Parquet. The stages are
-`clare_dist.batch` functions. Resumption is the output's own: scans already in complete part
+`clare_dist.batch` functions. The archive is a folder (or a manifest), or a PACS
+(`PacsSource`): then the query's instance list is saved first, the decode stage retrieves
+(`clare_dist.pacs.stages`, at most `concurrency` tasks talking to the PACS at once), and with
+`store_results` the finish stage stores each SR and Secondary Capture back and confirms it. Resumption is the output's own: scans already in complete part
 files are not listed again, so a rerun after a kill screens only what is missing and never
 writes a row twice. Making a labelled archive's results the bundle's case index needs no Ray:
 `clare_dist.case_index.build_case_index`.
@@ -32,6 +35,7 @@ from clare_dist.batch import (
     read_results,
 )
 from clare_dist.bundle import load_bundle
+from clare_dist.pacs.stages import Pacs
 from clare_dist.encode.parquet_row import to_table
 from clare_dist.result import DEFAULT_K
 from clare_dist.runtime import open_session, run_regressor
@@ -41,6 +45,7 @@ from clare_dist.screening import bundled_index
 from clare_dist.triage import write_worklist
 
 if TYPE_CHECKING:
+    from clare_dist.pacs.selection import Selection
     from clare_dist.result_files import ResultFolders
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,17 @@ class EmbedSettings:
     results: ResultFolders | None = None  # where the SR, Secondary Capture and FHIR files go (embed --dicom-out/--fhir-out)
 
 
+@dataclass(frozen=True)
+class PacsSource:
+    """A PACS as the archive: which instances (`selection`), how many retrieval tasks at once, and
+    whether the results go back into it."""
+
+    pacs: Pacs
+    selection: Selection
+    store_results: bool = False
+    concurrency: int = 2
+
+
 class RegressBatch:
     """The Ray Data stage that regresses a batch of decoded scans: an ONNX Runtime session, loaded once per actor
     (serve.stages.Regressor is its counterpart in Serve)."""
@@ -70,8 +86,7 @@ class RegressBatch:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         coords = run_regressor(self.session, batch["scan"], batch_size=len(batch["scan"]))
-        passed = ("scan_id", "path", "status", "error_kind", "error_reason")
-        return {key: batch[key] for key in passed} | {"x": coords[:, 0], "y": coords[:, 1]}
+        return {key: value for key, value in batch.items() if key != "scan"} | {"x": coords[:, 0], "y": coords[:, 1]}
 
 
 @lru_cache(maxsize=2)
@@ -86,15 +101,21 @@ def _bundle_for_task(bundle_path: str, manifest_stamp: str):
 
 
 def _finish(batch: pd.DataFrame, bundle_path: str, manifest_stamp: str, k: int, folders: ResultFolders | None,
-            limits: ScanConfig) -> pa.Table:
+            limits: ScanConfig, store_to: Pacs | None = None) -> pa.Table:
     bundle, index = _bundle_for_task(bundle_path, manifest_stamp)
     screenings = finish_screenings(batch, bundle.references, bundle.model_version, index=index, k=k)
     paths = batch["path"].astype(str).tolist()
+    sources = batch["source"].tolist() if "source" in batch else paths  # a PACS's objects, or the files
     if folders is not None:  # the results for hospital systems, before the rows that say they exist
         from clare_dist.result_files import write_batch_results
 
-        write_batch_results(screenings, paths, bundle, index, folders, limits)
-    return to_table(screenings, paths)
+        write_batch_results(screenings, sources, bundle, index, folders, limits)
+    stored = None
+    if store_to is not None:
+        from clare_dist.pacs.stages import store_results
+
+        stored = store_results(screenings, sources, bundle, index, store_to, limits)
+    return to_table(screenings, paths, stored)
 
 
 def _stamp(bundle) -> str:
@@ -120,35 +141,49 @@ def fitting_actor_cpus(settings: EmbedSettings, cluster_cpus: float) -> float:
     return share
 
 
-def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSettings = EmbedSettings()) -> pd.DataFrame:
-    """Screen every scan of `source` not yet in `out_dir`; return all result rows.
+def run_embed(bundle_path: Path, source: Path | PacsSource, out_dir: Path, settings: EmbedSettings = EmbedSettings()) -> pd.DataFrame:
+    """Screen every scan of `source` (a folder, a manifest or a PACS) not yet in `out_dir`; return all result rows.
 
     Ends by (re)writing `out_dir/report.html` over all the rows, so a resumed run's report
     covers the whole archive."""
     bundle = load_bundle(bundle_path)
-    inputs = list_archive(source)
+    limits = settings.limits.sized(bundle.image_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = _pacs_inputs(source, out_dir) if isinstance(source, PacsSource) else inputs_table(list_archive(source))
     done = completed_scan_ids(out_dir)
-    todo = [scan for scan in inputs if scan.scan_id not in done]
-    log.info("%d scans in %s: %d already screened, %d to do", len(inputs), source, len(inputs) - len(todo), len(todo))
-    if todo:
+    todo = inputs[~inputs["scan_id"].isin(done)]
+    log.info("%d scans in %s: %d already screened, %d to do", len(inputs), _named(source), len(inputs) - len(todo), len(todo))
+    if len(todo):
         start = time.perf_counter()
         resources = ray.cluster_resources()
         use_gpu = resources.get("GPU", 0) >= 1
         actor_cpus = fitting_actor_cpus(settings, resources.get("CPU", 0))
         blocks = max(1, -(-len(todo) // settings.batch_size))
-        dataset = ray.data.from_pandas(inputs_table(todo)).repartition(blocks)
-        dataset = dataset.map_batches(
-            decode_batch, fn_kwargs={"config": settings.limits.sized(bundle.image_size)}, batch_size=settings.batch_size,
-            batch_format="numpy", num_cpus=settings.task_cpus,
-        )
+        dataset = ray.data.from_pandas(todo.reset_index(drop=True)).repartition(blocks)
+        if isinstance(source, PacsSource):
+            from clare_dist.pacs.stages import fetch_decode_batch
+
+            keep = source.store_results or (settings.results is not None and settings.results.dicom is not None)
+            dataset = dataset.map_batches(
+                fetch_decode_batch, fn_kwargs={"pacs": source.pacs, "selection": source.selection, "config": limits,
+                                               "keep_source": keep},
+                batch_size=settings.batch_size, batch_format="numpy", num_cpus=settings.task_cpus,
+                compute=ray.data.TaskPoolStrategy(size=source.concurrency),
+            )
+        else:
+            dataset = dataset.map_batches(
+                decode_batch, fn_kwargs={"config": limits}, batch_size=settings.batch_size,
+                batch_format="numpy", num_cpus=settings.task_cpus,
+            )
         dataset = dataset.map_batches(
             RegressBatch, fn_constructor_kwargs={"onnx_path": str(bundle.onnx_path), "threads": settings.ort_threads},
             compute=ray.data.ActorPoolStrategy(size=settings.workers), batch_size=settings.batch_size,
             batch_format="numpy", num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
         )
+        store_to = source.pacs if isinstance(source, PacsSource) and source.store_results else None
         dataset = dataset.map_batches(
             _finish, fn_kwargs={"bundle_path": str(bundle.path), "manifest_stamp": _stamp(bundle), "k": settings.k,
-                                "folders": settings.results, "limits": settings.limits.sized(bundle.image_size)},
+                                "folders": settings.results, "limits": limits, "store_to": store_to},
             batch_size=settings.batch_size,
             batch_format="pandas", num_cpus=settings.task_cpus,
         )
@@ -161,3 +196,22 @@ def run_embed(bundle_path: Path, source: Path, out_dir: Path, settings: EmbedSet
     report = write_report(out_dir, results, bundle, bundled_index(bundle))
     log.info("report: %s", report)
     return results
+
+
+def _pacs_inputs(source: PacsSource, out_dir: Path) -> pd.DataFrame:
+    """The run's instance list: the one saved in `out_dir` by an earlier run, else the PACS's answer, saved first."""
+    from clare_dist.pacs.instances import save_instances, saved_instances
+    from clare_dist.pacs.stages import instances_table
+
+    described = source.pacs.described
+    instances = saved_instances(out_dir, described, source.selection)
+    if instances is None:
+        source.pacs.check()  # unreachable, or the wrong credentials: one clear error before any task starts
+        instances = save_instances(out_dir, described, source.selection, source.pacs.query(source.selection))
+    elif source.store_results:
+        source.pacs.check()
+    return instances_table(instances)
+
+
+def _named(source: Path | PacsSource) -> str:
+    return source.pacs.public_url if isinstance(source, PacsSource) else str(source)

@@ -17,6 +17,19 @@ SAMPLE_IMAGES = SAMPLE / "images"
 KUBERAY_CRDS = SHARED / "kuberay-crds"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Before anything starts: move the session into its own loopback-only network (private_network.py)."""
+    from private_network import enter_private_network
+
+    enter_private_network()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from private_network import leave_private_network
+
+    leave_private_network()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses the session's Ray cluster `cluster`, from its fixtures (the
     `ray_address` fixture, asked for directly or through another fixture), so that no such test
@@ -42,6 +55,32 @@ def sample_scans(count: int) -> list[Path]:
     if len(files) < count:
         missing_shared(f"{count} CXR14 sample scans", SAMPLE_IMAGES)
     return files
+
+
+def missing_prerequisite(message: str) -> NoReturn:
+    """A system prerequisite of a test (root for the private network, a Debian package) is absent:
+    skipped on a developer's machine, failed under CI=true, where .ci/run installs everything."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}; .ci/run provides it in CI", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc PACS for the session, in the session's loopback-only network namespace."""
+    from orthanc import DICOMWEB_PLUGIN, ORTHANC, Orthanc
+    from private_network import private_network_name
+
+    if private_network_name() is None:
+        missing_prerequisite("needs the session's private network namespace (run the tests as root, with iproute2), "
+                             "since Orthanc 1.10 listens on every interface")
+    if not (Path(ORTHANC).exists() and Path(DICOMWEB_PLUGIN).exists()):
+        missing_prerequisite("needs Orthanc with its DICOMweb plugin (apt-get install orthanc orthanc-dicomweb)")
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 The schema is derived from `Screening`'s fields, in the column order the part files of earlier
 releases have, so a resumed run appends to them and one read covers both: `scan_id`, the input
 `path`, `status`, `error` ("kind: reason", the one column the two error fields share on disk),
-the screening's fields, `model_version` last.
+the screening's fields, `model_version`, and `results_stored` last: what became of the results a
+PACS run stores back ("confirmed", or why not; empty where none were to be stored, and in part
+files written before the column existed, which read back with it empty).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
-from clare_dist.result import STATUS_ERROR, SimilarCase, Screening
+from clare_dist.result import STATUS_ERROR, STATUS_SKIPPED, SimilarCase, Screening
 
 _LEAVES = {str: pa.string(), float: pa.float32(), int: pa.int8()}
 _OWN_COLUMNS = ("scan_id", "model_version", "status", "error_kind", "error_reason")
@@ -37,21 +39,22 @@ def _schema() -> pa.Schema:
     hints = typing.get_type_hints(Screening)
     body = [(name, _arrow_type(hints[name])) for name in hints if name not in _OWN_COLUMNS]
     return pa.schema([("scan_id", pa.string()), ("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
-                      *body, ("model_version", pa.string())])
+                      *body, ("model_version", pa.string()), ("results_stored", pa.string())])
 
 
 ROW_SCHEMA = _schema()
 ROW_COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
-_BODY = [name for name in ROW_COLUMNS if name not in ("scan_id", "path", "status", "error", "model_version")]
+_BODY = [name for name in ROW_COLUMNS if name not in ("scan_id", "path", "status", "error", "model_version", "results_stored")]
 
 
-def to_table(screenings: Sequence[Screening], paths: Iterable[str]) -> pa.Table:
-    """Rows of these screenings (with the input path of each) under ROW_SCHEMA."""
+def to_table(screenings: Sequence[Screening], paths: Iterable[str], stored: Sequence[str | None] | None = None) -> pa.Table:
+    """Rows of these screenings (with the input path of each, and what became of its stored results) under ROW_SCHEMA."""
     rows = []
-    for screening, path in zip(screenings, paths, strict=True):
+    stored = [None] * len(screenings) if stored is None else stored
+    for screening, path, delivered in zip(screenings, paths, stored, strict=True):
         row = {"scan_id": screening.scan_id, "path": path, "status": screening.status,
                "error": None if screening.ok else f"{screening.error_kind}: {screening.error_reason}",
-               "model_version": screening.model_version}
+               "model_version": screening.model_version, "results_stored": delivered}
         for name in _BODY:
             value = getattr(screening, name)
             row[name] = [dataclasses.asdict(c) for c in value] if name == "similar_cases" else value
@@ -65,11 +68,12 @@ def from_row(row: Mapping[str, Any], error_kinds: Sequence[str]) -> Screening:
     """The Screening a row was written from. `error_kinds` are the kinds an `error` cell can start
     with (scans.SCAN_ERROR_KINDS); another text is kept whole as the reason, with kind "other"."""
     common = {"scan_id": str(row["scan_id"]), "model_version": str(row["model_version"])}
-    if row["status"] == STATUS_ERROR:
+    if row["status"] in (STATUS_ERROR, STATUS_SKIPPED):
         kind, sep, reason = str(row["error"]).partition(": ")
         if not (sep and kind in error_kinds):
             kind, reason = "other", str(row["error"])
-        return Screening.failed(common["scan_id"], kind, reason, common["model_version"])
+        make = Screening.failed if row["status"] == STATUS_ERROR else Screening.skipped
+        return make(common["scan_id"], kind, reason, common["model_version"])
     values = {name: _plain(row[name]) for name in _BODY}
     values["similar_cases"] = [SimilarCase(str(c["case_id"]), str(c["combination"]), float(c["distance"]))
                                for c in values["similar_cases"] or []]

@@ -1,0 +1,85 @@
+"""The PACS parts that need no PACS: the selection and its skip reasons, the saved instance list,
+credentials kept out of URLs and messages, the WADO-RS answer parsed under its limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from clare_dist.errors import ClareError, UsageError
+from clare_dist.pacs.credentials import Credentials
+from clare_dist.pacs.dicomweb import DicomWebPacs, _dicom_part
+from clare_dist.pacs.errors import PacsError
+from clare_dist.pacs.instances import save_instances, saved_instances
+from clare_dist.pacs.selection import Instance, Selection
+
+
+def instance(**values) -> Instance:
+    return Instance(**({"study_uid": "1.2.3", "series_uid": "1.2.3.4", "sop_uid": "1.2.3.4.5"} | values))
+
+
+def test_a_lateral_or_another_body_part_or_modality_is_skipped_with_its_reason():
+    chosen = Selection.from_options("DX,CR", None, "CHEST", "PA,AP", None)
+    assert chosen.skip(instance(modality="DX", body_part="CHEST", view="PA")) is None
+    assert chosen.skip(instance(modality="CR", body_part="chest", view="ap")) is None  # case as many PACS store it
+    assert chosen.skip(instance(modality="DX", body_part="CHEST", view="LL"))[0] == "not_frontal"
+    assert chosen.skip(instance(modality="DX", body_part="SKULL", view="PA"))[0] == "not_chest"
+    assert chosen.skip(instance(modality="CT", body_part="CHEST", view="PA"))[0] == "not_selected_modality"
+    kind, reason = chosen.skip(instance(modality="DX", body_part="CHEST", view="LATERAL"))
+    assert "LATERAL" in reason and "PA,AP" in reason
+
+
+def test_what_the_pacs_does_not_record_does_not_skip():
+    assert Selection().skip(instance(modality="CR")) is None  # no ViewPosition, no body part: screened
+
+
+@pytest.mark.parametrize("dates", ["2026-12-01", "20261301", "2026120", "-", "20261201-20261131"])
+def test_a_study_date_that_is_no_dicom_date_range_is_refused(dates):
+    with pytest.raises(UsageError, match="study-date"):
+        Selection(study_dates=dates)
+
+
+@pytest.mark.parametrize("dates", ["20261201", "20261130-20261201", "20261130-", "-20261201"])
+def test_dicom_date_ranges_are_taken(dates):
+    assert Selection(study_dates=dates).study_dates == dates
+
+
+def test_the_instance_list_is_saved_once_and_refused_for_another_query(tmp_path):
+    source, selection = {"dicomweb": "http://pacs/dicom-web"}, Selection()
+    listed = [instance(sop_uid=f"1.2.{i}") for i in range(3)] + [instance(sop_uid="1.2.0")]  # a page listed twice
+    assert saved_instances(tmp_path, source, selection) is None
+    saved = save_instances(tmp_path, source, selection, iter(listed))
+    assert [i.sop_uid for i in saved] == ["1.2.0", "1.2.1", "1.2.2"]
+    assert saved_instances(tmp_path, source, selection) == saved
+    with pytest.raises(UsageError, match="another PACS query"):
+        saved_instances(tmp_path, source, Selection(views=("PA",)))
+    with pytest.raises(UsageError, match="another PACS query"):
+        saved_instances(tmp_path, {"dicomweb": "http://other/dicom-web"}, selection)
+
+
+def test_credentials_never_show_in_a_repr_a_url_or_a_message():
+    secret = "s3cr3t-value"
+    credentials = Credentials.from_environment({"CLARE_PACS_USER": "ops", "CLARE_PACS_PASSWORD": secret})
+    pacs = DicomWebPacs("http://127.0.0.1:9/dicom-web/?x=1", credentials)
+    assert secret not in repr(credentials) and secret not in repr(pacs) and "ops" not in repr(pacs)
+    assert pacs.public_url == "http://127.0.0.1:9/dicom-web" and secret not in str(pacs.described)
+    with pytest.raises(PacsError, match="environment") as refused:
+        DicomWebPacs(f"http://ops:{secret}@pacs/dicom-web")
+    assert secret not in str(refused.value) and isinstance(refused.value, ClareError)
+
+
+def test_the_dicom_part_of_a_multipart_answer_is_found():
+    body = (b"--frontier\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 128 + b"DICM rest"
+            + b"\r\n--frontier--\r\n")
+    part = _dicom_part('multipart/related; type="application/dicom"; boundary=frontier', body)
+    assert part == b"\0" * 128 + b"DICM rest"
+    assert _dicom_part("application/dicom", b"raw") == b"raw"
+    with pytest.raises(PacsError) as wrong:
+        _dicom_part("text/html", b"<html>login</html>")
+    assert wrong.value.kind == "pacs_bad_answer"
+
+
+def test_a_malformed_uid_never_reaches_a_url():
+    pacs = DicomWebPacs("http://127.0.0.1:9/dicom-web")
+    with pytest.raises(PacsError) as refused:
+        pacs.retrieve(instance(sop_uid="../../studies"), 1000)
+    assert refused.value.kind == "pacs_bad_answer"
