@@ -33,6 +33,7 @@ from deploy_files import (
 # start GPU work, and the others need CRDs or a real secret that the cluster may not have.
 NOT_IN_KUSTOMIZATION = {
     "rayjob-train.yaml", "rayjob-embed.yaml", "job-publish-bundle.yaml", "podmonitor.yaml", "secret-api-token.example.yaml",
+    "rayjob-embed-pacs.yaml", "listener.yaml", "secret-pacs-credentials.example.yaml",  # need a PACS and its account
 }
 GPU = "nvidia.com/gpu"
 
@@ -48,10 +49,10 @@ def crd_dir() -> Path:
 
 
 def pod_specs(doc: dict) -> Iterator[tuple[str, dict]]:
-    """Every Pod template's spec in an object: Ray groups, or a batch Job's template."""
+    """Every Pod template's spec in an object: Ray groups, or a batch Job's or a Deployment's template."""
     for at, group in groups(doc):
         yield at, group["template"]["spec"]
-    if doc.get("kind") == "Job":
+    if doc.get("kind") in ("Job", "Deployment"):
         yield "spec.template", doc["spec"]["template"]["spec"]
 
 
@@ -129,7 +130,7 @@ def test_every_object_is_named_and_leaves_the_namespace_to_kustomize_or_kubectl(
 
 
 def test_the_deployment_has_the_three_workloads():
-    assert sorted(doc["metadata"]["name"] for doc in jobs()) == ["clare-embed", "clare-train"]
+    assert sorted(doc["metadata"]["name"] for doc in jobs()) == ["clare-embed", "clare-embed-pacs", "clare-train"]
     assert [doc["metadata"]["name"] for doc in services()] == ["clare-serve"]
 
 
@@ -151,6 +152,26 @@ def test_the_embed_job_autoscales_a_cpu_and_a_gpu_group():
 @pytest.mark.parametrize("job", jobs(), ids=object_name)
 def test_rayjob_policies(job):
     assert job_policy_problems(job) == []
+
+
+def test_the_pacs_job_and_the_listener_take_their_credentials_from_the_secret_only():
+    from clare_dist.cli import build_parser
+
+    job = the("RayJob", "clare-embed-pacs")
+    (listener,) = [d for _, d in all_objects() if d["kind"] == "Deployment" and d["metadata"]["name"] == "clare-listener"]
+    container = listener["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(container["args"])
+    assert args.func.__name__ == "cmd_listen" and args.port == 11112 and args.store_results_to
+    assert "--store-results" in job["spec"]["entrypoint"] and "--dicomweb" in job["spec"]["entrypoint"]
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for env in (head["env"], container["env"]):
+        secret = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+        assert secret["CLARE_PACS_USER"] == secret["CLARE_PACS_PASSWORD"] == "clare-pacs-credentials"
+    for text in (job["spec"]["entrypoint"], " ".join(container["args"])):
+        assert "password" not in text.lower() and "@" not in text
+    (service,) = [d for _, d in all_objects() if d["kind"] == "Service" and d["metadata"]["name"] == "clare-listener"]
+    assert service["spec"]["selector"] == listener["spec"]["selector"]["matchLabels"]
+    assert non_root_problems(listener) == []
 
 
 def test_kustomization_lists_every_manifest_not_run_on_demand():

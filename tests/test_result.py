@@ -36,8 +36,28 @@ EARLIER = pa.schema([
 ])
 
 
-def test_the_row_schema_is_derived_and_equals_what_earlier_part_files_hold() -> None:
-    assert ROW_SCHEMA.equals(EARLIER)
+def test_the_row_schema_is_derived_and_extends_what_earlier_part_files_hold() -> None:
+    assert ROW_SCHEMA.names[: len(EARLIER)] == EARLIER.names
+    assert pa.schema(list(ROW_SCHEMA)[: len(EARLIER)]).equals(EARLIER)
+    assert ROW_SCHEMA.names[len(EARLIER):] == ["results_stored"]
+
+
+def test_an_earlier_part_file_reads_under_todays_schema_with_nothing_stored(tmp_path) -> None:
+    earlier = to_table([SCREENED], ["/archive/a.png"]).drop_columns(["results_stored"])
+    assert earlier.schema.equals(EARLIER)
+    pq.write_table(earlier, tmp_path / "old.parquet")
+    rows = pq.read_table(tmp_path / "old.parquet", schema=ROW_SCHEMA).to_pandas()
+    assert rows["results_stored"].isna().all() and from_row(rows.iloc[0], SCAN_ERROR_KINDS) == SCREENED
+
+
+def test_a_skipped_scan_and_its_stored_results_read_back() -> None:
+    skipped = Screening.skipped("1.2.3", "not_frontal", "ViewPosition is LL, not PA,AP", "m-1")
+    table = to_table([SCREENED, skipped], ["studies/1/series/2/instances/3", "studies/1/series/2/instances/4"],
+                     ["confirmed", None]).to_pandas()
+    assert list(table["status"]) == ["ok", "skipped"]
+    assert table["results_stored"][0] == "confirmed" and table["results_stored"].isna()[1]
+    back = from_row(table.iloc[1], ("not_frontal",))
+    assert back == skipped and not back.ok
 
 
 def test_rows_read_back_as_the_screenings_they_were_written_from(tmp_path) -> None:
