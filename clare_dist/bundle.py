@@ -11,7 +11,7 @@ manifest that says what the graph expects and where it came from:
 The model version is a hash of the regressor and the references, so every result can name
 exactly the model that produced it, and a bundle whose files were changed after bundling is
 refused. This module is the only writer of manifest.json: the case index code hands its files
-and its summary to `install_index`. Loading a bundle needs neither torch nor FAISS, so every
+and its summary to `install_index`. Loading a bundle needs neither torch nor the case index's libraries, so every
 process that screens can load one.
 """
 

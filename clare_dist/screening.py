@@ -248,7 +248,7 @@ def bundled_index(bundle: Bundle) -> CaseIndex | None:
     if not bundle.has_index:
         log.info("the bundle at %s has no case index: no similar cases will be shown", bundle.path)
         return None
-    from clare_dist.case_index import CaseIndex  # FAISS loads only for bundles that have an index
+    from clare_dist.case_index import CaseIndex  # scipy's k-d tree loads only for bundles that have an index
 
     return CaseIndex.load(bundle.index_dir)
 
