@@ -186,10 +186,10 @@ class _Strings:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The strings at `rows` (any shape), as an object array of that shape."""
-        starts, ends = self._offsets[rows.ravel()].tolist(), self._offsets[rows.ravel() + 1].tolist()
-        taken = np.empty(len(starts), dtype=object)
-        taken[:] = [str(self._data[a:b], "utf-8") for a, b in zip(starts, ends)]
-        return taken.reshape(rows.shape)
+        flat = rows.ravel()
+        starts, ends = self._offsets[flat].tolist(), self._offsets[flat + 1].tolist()
+        data = self._data
+        return np.array([str(data[a:b], "utf-8") for a, b in zip(starts, ends)], dtype=object).reshape(rows.shape)
 
 
 def _queries(coords: np.ndarray | Sequence[float]) -> np.ndarray:
