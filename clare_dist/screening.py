@@ -184,7 +184,7 @@ class Screener:
         limits: ScanConfig = ScanConfig(),
     ) -> None:
         self.bundle = bundle
-        self.scan_config = limits.sized(bundle.image_size)
+        self.scan_config = bundle.scan_config(limits)
         self.index = index if index is not None else bundled_index(bundle)
         self.session = open_session(bundle.onnx_path, threads=threads, spinning=spinning)
         self.batch_size = batch_size
