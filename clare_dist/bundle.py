@@ -142,10 +142,12 @@ def write_bundle(
     metrics: dict,
     data_hash: str | None = None,
     preprocessing_id: str = DEFAULT_PREPROCESSING,
+    quantization: dict | None = None,
 ) -> Bundle:
     """Assemble and validate a bundle in a temporary directory, then move it to `out_dir`.
 
-    `preprocessing_id` is how the model's training scans were made (`scans.preprocessing`).
+    `preprocessing_id` is how the model's training scans were made (`scans.preprocessing`);
+    `quantization`, for an int8 regressor, what `clare_dist.quantize` did and measured.
 
     A bundle already at `out_dir` is replaced as a whole (its case index belongs to the old
     model's coordinates). At no moment does `out_dir` hold a half-written bundle.
@@ -187,6 +189,8 @@ def write_bundle(
             "versions": package_versions(),
             "intended_use": INTENDED_USE,
         }
+        if quantization is not None:
+            manifest["quantization"] = quantization
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         try:
             checked = load_bundle(tmp)  # refuse to publish what no consumer could load
