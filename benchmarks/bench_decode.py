@@ -31,7 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import RESULTS_DIR, full_size_originals, machine, summary_ms, write_json
+from common import RESULTS_DIR, cxr_pngs, full_size_originals, machine, resnet50_bundle, summary_ms, write_json
 from decode_candidates import time_candidates
 from PIL import Image
 
@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "decode.json")
     parser.add_argument("--agreement", type=Path, default=None, help="a run made by agreement_bundle.py")
     parser.add_argument("--agreement-scans", type=int, default=None, help="at most this many held-out scans")
+    parser.add_argument("--agreement-untrained", action="store_true",
+                        help="also on the benchmarks' untrained ResNet50 (head spread over the references), all sample scans")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the 7000² peak-memory probes")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -126,21 +128,34 @@ def main() -> None:
         row = "".join(f" {f['min_ms']:7.1f} {f['p50_ms']:8.1f}" for f in per_syntax[syntax].values())
         print(f"{syntax:18s} {len(data) / 2**20:8.2f}{row}")
 
-    agreement = None
+    agreements = {}
     if args.agreement:
+        from decode_agreement import held_out
+
+        agreements["trained"] = (args.agreement / "bundle", held_out(args.agreement)[: args.agreement_scans], None)
+    if args.agreement_untrained:
+        agreements["untrained_resnet50"] = (resnet50_bundle(Path("/tmp/clare-bench"), 256),
+                                            [p.name for p in cxr_pngs()][: args.agreement_scans], "lanczos/1")
+    for kind, (bundle_dir, names, baseline) in agreements.items():
+        from decode_agreement import FORMS
         from decode_agreement import agreement as measure
 
-        agreement = measure(args.agreement, "area/1", args.agreement_scans)
-        print(f"\nR4 agreement of area/1 with {agreement['trained_with']} (what {agreement['bundle']} was trained "
-              f"with), {agreement['scans']} held-out real scans:")
-        for form, figures in agreement.items():
-            if isinstance(figures, dict):
-                print(f"  {form:14s} {figures['r4_agreement']:.4f} ({figures['disagreeing']} differ; "
-                      f"{figures['distinct_decisions']} distinct decisions; point moved median "
-                      f"{figures['point_moved_median']:.4f}, max {figures['point_moved_max']:.4f}, against a spread of "
-                      f"{figures['point_spread_median']:.4f}; pixels differ by {figures['pixel_mean_abs_diff']:.2f} "
-                      f"on average)")
-    document = {"candidates": per_candidate, "dx_2048_12bit": per_syntax, "agreement": agreement,
+        agreement = agreements[kind] = measure(bundle_dir, names, "area/1", baseline)
+        print(f"\nR4 agreement of area/1 with {agreement['baseline']} ({kind}: {agreement['bundle']}, trained with "
+              f"{agreement['trained_with']}), {agreement['scans']} real scans it was not trained on:")
+        for form in FORMS:
+            figures = agreement[form]
+            print(f"  {form:14s} {figures['r4_agreement']:.4f} ({figures['disagreeing']} differ; "
+                  f"{figures['distinct_decisions']} distinct decisions; point moved median "
+                  f"{figures['point_moved_median']:.4f}, max {figures['point_moved_max']:.4f}, against a spread of "
+                  f"{figures['point_spread_median']:.4f}; pixels differ by {figures['pixel_mean_abs_diff']:.2f} "
+                  f"on average)")
+        for name, figures in agreement["filters_on_png_1024"].items():
+            print(f"  1024² PNG, {name:32s} {figures['r4_agreement']:.4f} (pixels differ by "
+                  f"{figures['pixel_mean_abs_diff']:.2f} on average)")
+        print(f"  the model's own noise floor ({agreement['baseline']}): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in agreement["noise_floor"].items()))
+    document = {"candidates": per_candidate, "dx_2048_12bit": per_syntax, "agreement": agreements,
                 "repeats": args.repeats, "machine": machine()}
     if args.skip_memory:
         print(f"wrote {write_json(document, args.out)}")
