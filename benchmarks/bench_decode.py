@@ -1,19 +1,26 @@
-"""Decoding cost per transfer syntax, and the memory of the largest accepted scan.
+"""Decoding cost per format and transfer syntax, the candidates, and the memory of the largest accepted scan.
 
 A compressed backlog is decode-bound (DESIGN.md §3: a 2048² DX ≤ 25 ms uncompressed, a 1024²
-PNG ≤ 6 ms). This times `preprocess_scan` (decode, 8-bit mapping, resize to 256) of one 2048²
-12-bit DX — a real NIH scan upscaled, so the codecs see real texture — in every transfer syntax
-`clare-dist synth` writes, on one thread, and of a real 1024² PNG; then, each in a fresh process,
-the peak resident memory of decoding the largest scan the default limits accept (7000², 49 M
-pixels) as a 16-bit DICOM, a 16-bit PNG and an 8-bit JPEG.
+PNG ≤ 6 ms). On one thread (OpenCV's too), this times:
+
+- each candidate way to the model's 256² input (`decode_candidates.py`: the two preprocessings
+  through `preprocess_scan`, and the bare library calls they were chosen among) on real 1024²
+  NIH PNGs (8-bit gray and the RGBA quirk), one as a JPEG, and a 2048² 12-bit DX;
+- `preprocess_scan` of that DX in every transfer syntax `clare-dist synth` writes, with both
+  preprocessings;
+- each in a fresh process, the peak resident memory of decoding the largest scan the default
+  limits accept (7000², 49 M pixels) as a 16-bit DICOM, a 16-bit PNG and an 8-bit JPEG;
+- with --agreement RUN (made by `agreement_bundle.py`), whether the new preprocessing keeps the
+  trained model's R4 decisions on the scans it was not trained on (`decode_agreement.py`).
 
     python benchmarks/bench_decode.py                 # writes benchmarks/results/decode.json
-    python benchmarks/bench_decode.py --repeats 5
+    python benchmarks/bench_decode.py --repeats 5 --agreement /tmp/agreement
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
@@ -22,8 +29,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
-from common import RESULTS_DIR, full_size_originals, machine, summary_ms, write_json
+from common import RESULTS_DIR, cxr_pngs, full_size_originals, machine, resnet50_bundle, summary_ms, write_json
+from decode_candidates import time_candidates
 from PIL import Image
 
 from clare_dist.scans import ScanConfig, preprocess_scan
@@ -50,8 +59,8 @@ def dx_2048() -> np.ndarray:
     return (np.asarray(big).astype(np.uint16) * 16 + np.arange(2048, dtype=np.uint16)[None, :] % 16).astype(np.uint16)
 
 
-def time_decode(data: bytes, repeats: int) -> dict:
-    config = ScanConfig()
+def time_decode(data: bytes, repeats: int, preprocessing: str) -> dict:
+    config = ScanConfig(preprocessing=preprocessing)
     preprocess_scan(data, config)  # warm-up: lazy imports, codec initialisation
     seconds = []
     for _ in range(repeats):
@@ -86,20 +95,71 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "decode.json")
+    parser.add_argument("--agreement", type=Path, default=None, help="a run made by agreement_bundle.py")
+    parser.add_argument("--agreement-scans", type=int, default=None, help="at most this many held-out scans")
+    parser.add_argument("--agreement-untrained", action="store_true",
+                        help="also on the benchmarks' untrained ResNet50 (head spread over the references), all sample scans")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out the 7000² peak-memory probes")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cv2.setNumThreads(1)
 
     stored = dx_2048()
+    originals = full_size_originals()
+    gray = next(path for name, path in originals.items() if Image.open(path).mode == "L")
+    rgba = next(path for name, path in originals.items() if Image.open(path).mode == "RGBA")
+    jpeg = io.BytesIO()
+    Image.open(gray).save(jpeg, format="JPEG", quality=90)
+    inputs = {"png_1024_gray": (gray.read_bytes(), "png"), "png_1024_rgba": (rgba.read_bytes(), "png"),
+              "jpeg_1024": (jpeg.getvalue(), "jpeg"), "dx_2048_12bit_explicit": (encode_dx(stored, 12), "dicom")}
+    per_candidate = {}
+    for name, (data, fmt) in inputs.items():
+        per_candidate[name] = time_candidates(data, fmt, args.repeats)
+        print(f"\n{name} ({len(data) / 2**20:.2f} MB) to 256², {args.repeats} runs, one thread: min / median ms")
+        for candidate, figures in per_candidate[name].items():
+            print(f"  {candidate:48s} {figures['min_ms']:7.2f} {figures['p50_ms']:7.2f}")
+
     per_syntax = {}
-    print(f"preprocess_scan of a 2048² 12-bit DX, {args.repeats} runs, one thread")
-    print(f"{'transfer syntax':18s} {'size MB':>8s} {'p50 ms':>8s} {'min ms':>8s}")
+    print(f"\npreprocess_scan of a 2048² 12-bit DX, {args.repeats} runs, one thread: min / median ms")
+    print(f"{'transfer syntax':18s} {'size MB':>8s} {'lanczos/1':>16s} {'area/1':>16s}")
     for syntax in TRANSFER_SYNTAXES:
-        figures = time_decode(encode_dx(stored, 12, "MONOCHROME2", syntax), args.repeats)
-        per_syntax[syntax] = figures
-        print(f"{syntax:18s} {figures['bytes'] / 2**20:8.2f} {figures['p50_ms']:8.1f} {figures['min_ms']:8.1f}")
-    png = next(iter(full_size_originals().values())).read_bytes()
-    png_figures = time_decode(png, args.repeats)
-    print(f"{'1024² NIH PNG':18s} {len(png) / 2**20:8.2f} {png_figures['p50_ms']:8.1f} {png_figures['min_ms']:8.1f}")
+        data = encode_dx(stored, 12, "MONOCHROME2", syntax)
+        per_syntax[syntax] = {p: time_decode(data, args.repeats, p) for p in ("lanczos/1", "area/1")}
+        row = "".join(f" {f['min_ms']:7.1f} {f['p50_ms']:8.1f}" for f in per_syntax[syntax].values())
+        print(f"{syntax:18s} {len(data) / 2**20:8.2f}{row}")
+
+    agreements = {}
+    if args.agreement:
+        from decode_agreement import held_out
+
+        agreements["trained"] = (args.agreement / "bundle", held_out(args.agreement)[: args.agreement_scans], None)
+    if args.agreement_untrained:
+        agreements["untrained_resnet50"] = (resnet50_bundle(Path("/tmp/clare-bench"), 256),
+                                            [p.name for p in cxr_pngs()][: args.agreement_scans], "lanczos/1")
+    for kind, (bundle_dir, names, baseline) in agreements.items():
+        from decode_agreement import FORMS
+        from decode_agreement import agreement as measure
+
+        agreement = agreements[kind] = measure(bundle_dir, names, "area/1", baseline)
+        print(f"\nR4 agreement of area/1 with {agreement['baseline']} ({kind}: {agreement['bundle']}, trained with "
+              f"{agreement['trained_with']}), {agreement['scans']} real scans it was not trained on:")
+        for form in FORMS:
+            figures = agreement[form]
+            print(f"  {form:14s} {figures['r4_agreement']:.4f} ({figures['disagreeing']} differ; "
+                  f"{figures['distinct_decisions']} distinct decisions; point moved median "
+                  f"{figures['point_moved_median']:.4f}, max {figures['point_moved_max']:.4f}, against a spread of "
+                  f"{figures['point_spread_median']:.4f}; pixels differ by {figures['pixel_mean_abs_diff']:.2f} "
+                  f"on average)")
+        for name, figures in agreement["filters_on_png_1024"].items():
+            print(f"  1024² PNG, {name:32s} {figures['r4_agreement']:.4f} (pixels differ by "
+                  f"{figures['pixel_mean_abs_diff']:.2f} on average)")
+        print(f"  the model's own noise floor ({agreement['baseline']}): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in agreement["noise_floor"].items()))
+    document = {"candidates": per_candidate, "dx_2048_12bit": per_syntax, "agreement": agreements,
+                "repeats": args.repeats, "machine": machine()}
+    if args.skip_memory:
+        print(f"wrote {write_json(document, args.out)}")
+        return
 
     with tempfile.TemporaryDirectory() as folder:
         memory = {kind: peak_memory(path) for kind, path in largest_accepted(Path(folder)).items()}
@@ -107,8 +167,7 @@ def main() -> None:
     for kind, figures in memory.items():
         print(f"  {kind:12s} file {figures['file_mb']:7.1f} MB  peak {figures['peak_rss_mb']:7.1f} MB "
               f"(+{figures['decoding_mb']:.1f} MB over the process before)")
-    path = write_json({"dx_2048_12bit": per_syntax, "png_1024": png_figures, "largest_accepted_7000": memory,
-                       "repeats": args.repeats, "machine": machine()}, args.out)
+    path = write_json(document | {"largest_accepted_7000": memory}, args.out)
     print(f"wrote {path}")
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of the case index (issue 4, item 6b): build, start-up, latency and exactness.
+"""Benchmark of the case index (issue 4, item 6b; issue 19, item 5): build, start-up, latency and exactness.
 
 For each size, a table of known cases is drawn like real predictions (around 26 reference points
 with spread and confusion between them, plus a uniform background; ground truth in the paper's
@@ -10,8 +10,10 @@ reference, as R1 would predict it):
   is what the latency would be on an idle machine when other work shares the cores);
 - batched queries: per-query time amortised over batches;
 - exactness: ids and distances equal to numpy brute force (recall@k = 1.0);
-- for scale: queries far outside the data, FAISS brute force, and one tiny numpy call (how
-  loaded the machine is: ~1 us when idle).
+- queries far outside the data (a corrupted scan's coordinates), timed like the others;
+- for scale: one tiny numpy call (how loaded the machine is: ~1 us when idle);
+- with --grid, the uniform grid that the k-d tree was chosen over (`index_grid.py`), its single
+  queries near and far and its exactness.
 
 Start-up (build, save, load, first query) is reported apart from the steady state.
 
@@ -31,13 +33,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy
 
-from clare_dist.case_index import CaseIndex
+from clare_dist.case_index import LEAF_SIZE, CaseIndex
 from clare_dist.labels import COMBINATIONS, TABLE1_COUNTS
 
 log = logging.getLogger("bench_index")
@@ -164,12 +166,10 @@ def run_size(n: int, args: argparse.Namespace, refs: np.ndarray) -> dict:
 
     before = rss_mib()
     started, cpu = time.perf_counter(), time.process_time()
-    index = CaseIndex.build(table, use_gpu=False, grid_min_cases=args.grid_min_cases, cases_per_cell=args.cases_per_cell)
+    index = CaseIndex.build(table, leaf_size=args.leaf_size)
     result["build_s"] = time.perf_counter() - started
     result["build_cpu_s"] = time.process_time() - cpu
     result["index_memory_mib"] = rss_mib() - before
-    result["partitions_with_lattice"] = sum(p.grid.nlist > 1 for p in index._partitions.values())
-    result["cells_all"] = index._partitions["all"].grid.nlist
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         started = time.perf_counter()
@@ -178,7 +178,7 @@ def run_size(n: int, args: argparse.Namespace, refs: np.ndarray) -> dict:
         result["saved_mib"] = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2**20
         del index
         started = time.perf_counter()
-        index = CaseIndex.load(tmp, use_gpu=False)
+        index = CaseIndex.load(tmp)
         result["load_s"] = time.perf_counter() - started
     started = time.perf_counter()
     index.nearest(q[0], names[0], k)
@@ -195,14 +195,43 @@ def run_size(n: int, args: argparse.Namespace, refs: np.ndarray) -> dict:
         [lambda s=s: index.nearest_per_combination(q[s : s + args.batch], names[s : s + args.batch], k) for s in starts],
         args.batch,
     )
-    far = np.random.default_rng(args.seed + 2).uniform(-1, 1, (args.flat_queries, 2)) * 50  # not model outputs
+    far = far_queries(args.queries, np.random.default_rng(args.seed + 2))
     result["single_all_far_outside"] = timed([lambda i=i: index.nearest(far[i], None, k) for i in range(len(far))])
-    flat = faiss.IndexFlatL2(2)  # brute force in FAISS, for scale
-    flat.add(table[["x", "y"]].to_numpy(np.float32))
-    result["faiss_flat_single_all"] = timed([lambda i=i: flat.search(q[i : i + 1], k) for i in range(args.flat_queries)])
+    result["single_per_combination_far_outside"] = timed([lambda i=i: index.nearest(far[i], names[i], k) for i in range(len(far))])
     result["numpy_small_call"] = timed([lambda: np.add(q[:2], 1.0) for _ in range(2000)])  # the machine's pace
-    result["exactness"] = exactness(index, table, q[: args.recall_queries], names[: args.recall_queries], k)
+    checked = np.concatenate([q[: args.recall_queries], far[: args.recall_queries // 4]])
+    result["exactness"] = exactness(index, table, checked, nearest_reference(checked, refs), k)
+    if args.grid:
+        result["uniform_grid"] = uniform_grid(table, q, far, checked, k)
     return result
+
+
+def far_queries(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Points far outside the cases' [-0.1, 1.1]² (not model outputs: a corrupted or OOD scan's), 1.5 to 1e4 away."""
+    angle = rng.uniform(0, 2 * np.pi, n)
+    distance = 10.0 ** rng.uniform(np.log10(1.5), 4, n)
+    return (0.5 + distance[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)).astype(np.float32)
+
+
+def uniform_grid(table: pd.DataFrame, q: np.ndarray, far: np.ndarray, checked: np.ndarray, k: int) -> dict:
+    """The grid candidate over all cases: build, single queries near and far, and exactness."""
+    from index_grid import UniformGrid
+
+    xy = table[["x", "y"]].to_numpy(np.float32)
+    started = time.perf_counter()
+    grid = UniformGrid(xy)
+    out: dict = {"build_s": time.perf_counter() - started}
+    q64, far64 = q.astype(np.float64), far.astype(np.float64)
+    out["single_all"] = timed([lambda i=i: grid.query(q64[i], k) for i in range(len(q))])
+    out["single_all_far_outside"] = timed([lambda i=i: grid.query(far64[i], k) for i in range(len(far))])
+    ids = table["case_id"].to_numpy(dtype=object)
+    expected_ids, expected_d = brute_force(xy, ids, checked, k)
+    exact = 0
+    for i, point in enumerate(checked.astype(np.float64)):
+        d2, rows = grid.query(point, k)
+        exact += bool(np.array_equal(ids[rows], expected_ids[i]) and np.array_equal(np.sqrt(d2).astype(np.float32), expected_d[i]))
+    out["all_exact_share"] = exact / len(checked)
+    return out
 
 
 def report(result: dict) -> None:
@@ -211,12 +240,18 @@ def report(result: dict) -> None:
     print(f"build {result['build_s']:.2f} s (CPU {result['build_cpu_s']:.2f} s), index memory +{result['index_memory_mib']:.0f} MiB, "
           f"saved {result['saved_mib']:.0f} MiB in {result['save_s']:.2f} s, load {result['load_s']:.2f} s, "
           f"first query after load {result['first_query_after_load_ms']:.2f} ms")
-    for key in ("single_all", "single_per_combination", "batched_all", "batched_per_combination",
-                "single_all_far_outside", "faiss_flat_single_all", "numpy_small_call"):
-        wall, cpu = result[key]["wall"], result[key]["cpu"]
-        print(f"{key:26s} wall p50 {wall['p50_us']:8.1f} us  p99 {wall['p99_us']:8.1f} us | "
+    rows = [(key, result[key]) for key in ("single_all", "single_per_combination", "batched_all", "batched_per_combination",
+                                           "single_all_far_outside", "single_per_combination_far_outside", "numpy_small_call")]
+    grid = result.get("uniform_grid")
+    if grid:
+        rows += [("grid: single_all", grid["single_all"]), ("grid: single_all_far", grid["single_all_far_outside"])]
+    for key, figures in rows:
+        wall, cpu = figures["wall"], figures["cpu"]
+        print(f"{key:36s} wall p50 {wall['p50_us']:8.1f} us  p99 {wall['p99_us']:8.1f} us | "
               f"CPU p50 {cpu['p50_us']:8.1f} us  p99 {cpu['p99_us']:8.1f} us")
-    print("exactness vs numpy brute force:", result["exactness"])
+    print("exactness vs numpy brute force (among the cases and far outside):", result["exactness"])
+    if grid:
+        print(f"grid: build {grid['build_s']:.2f} s, exact share {grid['all_exact_share']}")
 
 
 def main() -> None:
@@ -225,21 +260,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000, help="single queries timed (and batched, in batches)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--k", type=int, default=9)
-    parser.add_argument("--recall-queries", type=int, default=200, help="queries checked against brute force")
-    parser.add_argument("--flat-queries", type=int, default=100, help="far-outside and brute-force queries timed")
-    parser.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads")
-    parser.add_argument("--grid-min-cases", type=int, default=None, help="override (tuning)")
-    parser.add_argument("--cases-per-cell", type=int, default=None, help="override (tuning)")
+    parser.add_argument("--recall-queries", type=int, default=200, help="queries among the cases checked against brute force (and a quarter as many far ones)")
+    parser.add_argument("--leaf-size", type=int, default=LEAF_SIZE, help="the k-d trees' points per leaf (tuning)")
+    parser.add_argument("--grid", action="store_true", help="also time the uniform grid candidate (index_grid.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="where the index is saved and loaded (default: the system's)")
     parser.add_argument("--out", default="benchmarks/results/index.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from clare_dist import case_index
-
-    args.grid_min_cases = case_index.GRID_MIN_CASES if args.grid_min_cases is None else args.grid_min_cases
-    args.cases_per_cell = case_index.CASES_PER_CELL if args.cases_per_cell is None else args.cases_per_cell
-    faiss.omp_set_num_threads(args.threads)
     refs = references()
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -248,10 +276,9 @@ def main() -> None:
     document = {
         "benchmark": "case index (clare_dist.case_index)",
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "platform": platform.platform()},
-        "faiss_version": faiss.__version__,
-        "faiss_threads": args.threads,
-        "grid_min_cases": args.grid_min_cases,
-        "cases_per_cell": args.cases_per_cell,
+        "structure": "k-d tree (scipy.spatial.cKDTree)",
+        "scipy_version": scipy.__version__,
+        "leaf_size": args.leaf_size,
         "results": results,
     }
     out = Path(args.out)

@@ -231,7 +231,7 @@ def _build_indexed_copy(base: Path, out: Path, n: int) -> None:
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     shutil.copytree(base, tmp, copy_function=_link_or_copy)  # writing the index replaces files, never edits them
     try:
-        write_index_into_bundle(tmp, CaseIndex.build(cases, use_gpu=False))
+        write_index_into_bundle(tmp, CaseIndex.build(cases))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:

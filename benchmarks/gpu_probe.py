@@ -1,8 +1,8 @@
 """What the GPU code paths see on this machine: which device each stage of clare-dist would use.
 
 Training uses CUDA through torch when it is there; the ONNX regressor uses ONNX Runtime's CUDA
-provider only with onnxruntime-gpu installed (the `gpu` extra); the case index uses the GPU only
-with faiss-gpu. Run it first on a GPU machine: a stage that falls back to the CPU says so here,
+provider only with onnxruntime-gpu installed (the `gpu` extra); the case index runs on the CPU
+(a k-d tree). Run it first on a GPU machine: a stage that falls back to the CPU says so here,
 before any benchmark figure is read as a GPU figure.
 
     python benchmarks/gpu_probe.py [--out benchmarks/results/gpu_probe.json]
@@ -19,7 +19,6 @@ from common import machine, write_json
 
 
 def probe() -> dict:
-    import faiss
     import onnxruntime as ort
     import torch
 
@@ -34,11 +33,10 @@ def probe() -> dict:
         "torch": {"version": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
                   "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "onnxruntime": {"version": ort.__version__, "available_providers": ort.get_available_providers()},
-        "faiss": {"version": faiss.__version__, "gpus": faiss.get_num_gpus()},
         "clare_dist_uses": {
             "training": str(resolve_device("auto")),
             "regressor": onnx_providers()[0],
-            "case_index": "GPU" if faiss.get_num_gpus() else "CPU",
+            "case_index": "CPU (k-d tree: a 2-D lookup gains nothing on a GPU)",
         },
     }
 
@@ -52,7 +50,7 @@ def main() -> None:
         print(f"{stage:>10}: {device}")
     print(f"GPUs: {found['nvidia_smi'] or 'none seen by nvidia-smi'}; torch {found['torch']['version']} "
           f"(CUDA {found['torch']['cuda']}); onnxruntime {found['onnxruntime']['version']} "
-          f"{found['onnxruntime']['available_providers']}; faiss {found['faiss']['version']} ({found['faiss']['gpus']} GPUs)")
+          f"{found['onnxruntime']['available_providers']}")
     print(f"wrote {write_json(found, args.out)}")
 
 

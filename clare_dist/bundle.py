@@ -11,8 +11,11 @@ manifest that says what the graph expects and where it came from:
 The model version is a hash of the regressor and the references, so every result can name
 exactly the model that produced it, and a bundle whose files were changed after bundling is
 refused. This module is the only writer of manifest.json: the case index code hands its files
-and its summary to `install_index`. Loading a bundle needs neither torch nor FAISS, so every
-process that screens can load one.
+and its summary to `install_index`. Loading a bundle needs neither torch nor the case index's
+libraries, so every process that screens can load one. The manifest names the scan preprocessing
+the model was trained with (`input.preprocessing`, `clare_dist.scans.preprocessing`); every
+consumer decodes with it (`Bundle.scan_config`), and a bundle that names none is from before it
+was recorded: the legacy "lanczos/1".
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ from clare_dist.reference_file import REFERENCES_FILE, load_references
 from clare_dist.result import INTENDED_USE
 from clare_dist.rules import References
 from clare_dist.runtime import INPUT_NAME, OUTPUT_NAME
+from clare_dist.scans.errors import ScanConfig
+from clare_dist.scans.preprocessing import (
+    DEFAULT_PREPROCESSING,
+    LEGACY_PREPROCESSING,
+    PreprocessingMismatchError,
+    UnknownPreprocessingError,
+    preprocessing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +96,18 @@ class Bundle:
     onnx_path: Path
     model_version: str
     image_size: int
+    preprocessing: str  # the id of the scans' preprocessing the model was trained with (scans.preprocessing)
+
+    def scan_config(self, limits: ScanConfig = ScanConfig()) -> ScanConfig:
+        """The site's `limits` for this model's input: its size and its preprocessing. Limits that
+        name another preprocessing are refused: the model never saw scans made that way."""
+        if limits.preprocessing not in (None, self.preprocessing):
+            raise PreprocessingMismatchError(
+                f"the model bundle at {self.path} was trained on scans preprocessed with {self.preprocessing!r}, "
+                f"but this run is set to preprocess them with {limits.preprocessing!r}; drop that setting (the "
+                "bundle's is used), or export a bundle from a run trained with it"
+            )
+        return replace(limits, size=self.image_size, preprocessing=self.preprocessing)
 
     @property
     def index_dir(self) -> Path:
@@ -118,8 +141,13 @@ def write_bundle(
     ensemble: bool,
     metrics: dict,
     data_hash: str | None = None,
+    preprocessing_id: str = DEFAULT_PREPROCESSING,
+    quantization: dict | None = None,
 ) -> Bundle:
     """Assemble and validate a bundle in a temporary directory, then move it to `out_dir`.
+
+    `preprocessing_id` is how the model's training scans were made (`scans.preprocessing`);
+    `quantization`, for an int8 regressor, what `clare_dist.quantize` did and measured.
 
     A bundle already at `out_dir` is replaced as a whole (its case index belongs to the old
     model's coordinates). At no moment does `out_dir` hold a half-written bundle.
@@ -132,6 +160,7 @@ def write_bundle(
         raise ValueError(f"backbone must be one of {BACKBONES}; got {backbone!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"image_size must be a positive integer; got {image_size!r}")
+    chosen = preprocessing(preprocessing_id)
     out = Path(out_dir)
     replacing = out.exists()
     with atomic_path(out) as tmp:
@@ -148,8 +177,8 @@ def write_bundle(
                 "shape": [None, 1, image_size, image_size],
                 "dtype": "uint8",
                 "layout": "N1HW",
-                "preprocessing": f"resize to {image_size}×{image_size} 8-bit grayscale (LANCZOS); "
-                "scaling and ImageNet normalisation inside the graph",
+                "preprocessing": {"name": chosen.name, "version": chosen.version, "description": chosen.description},
+                "in_graph": "scaling to [0, 1] and ImageNet normalisation",
                 "normalisation": {"scale": "1/255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             },
             "output": {"name": OUTPUT_NAME, "shape": [None, 2], "dtype": "float32"},
@@ -160,6 +189,8 @@ def write_bundle(
             "versions": package_versions(),
             "intended_use": INTENDED_USE,
         }
+        if quantization is not None:
+            manifest["quantization"] = quantization
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         try:
             checked = load_bundle(tmp)  # refuse to publish what no consumer could load
@@ -232,10 +263,25 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         except (ValueError, OSError) as err:  # LabelError is a ValueError
             problems.append(f"{REFERENCES_FILE} is invalid: {err}")
     image_size = _image_size(manifest, problems)
+    scans_made_by = _preprocessing(manifest, problems)
 
     if problems:
         raise BundleError(root, problems)
-    return Bundle(root, manifest, references, onnx_file, manifest["model_version"], image_size)
+    return Bundle(root, manifest, references, onnx_file, manifest["model_version"], image_size, scans_made_by)
+
+
+def _preprocessing(manifest: dict[str, Any], problems: list[str]) -> str:
+    """The preprocessing id of `input.preprocessing` ({name, version}); bundles from before it was
+    recorded (a sentence there) were all trained with the legacy one, which stays available."""
+    entry = manifest.get("input", {}).get("preprocessing") if isinstance(manifest.get("input"), dict) else None
+    if not isinstance(entry, dict):
+        return LEGACY_PREPROCESSING
+    identifier = f"{entry.get('name')}/{entry.get('version')}"
+    try:
+        return preprocessing(identifier).id
+    except UnknownPreprocessingError as err:
+        problems.append(f"{MANIFEST_FILE} input.preprocessing: {err}")
+        return identifier
 
 
 def _read_manifest(file: Path, problems: list[str]) -> dict[str, Any]:

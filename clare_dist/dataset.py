@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from clare_dist.scans import ScanConfig, preprocess_scan
+from clare_dist.scans import DEFAULT_PREPROCESSING, ScanConfig, preprocess_scan
 
 # The paper: "soft random affine transformations (i.e. 5 degrees of rotation and 3 degrees of shear)".
 PAPER_AUGMENTATION = {"degrees": 5.0, "shear": 3.0}
@@ -26,12 +26,13 @@ PAPER_AUGMENTATION = {"degrees": 5.0, "shear": 3.0}
 class ScanDataset(Dataset):
     """(uint8 1×S×S scan, float32 target) pairs; with `augment`, twice as long, copies augmented."""
 
-    def __init__(self, paths: Sequence[Path], targets: np.ndarray, image_size: int, augment: bool = False):
+    def __init__(self, paths: Sequence[Path], targets: np.ndarray, image_size: int, augment: bool = False,
+                 preprocessing: str = DEFAULT_PREPROCESSING):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
         self.paths = list(paths)
         self.targets = torch.tensor(np.asarray(targets, dtype=np.float32))
-        self.config = ScanConfig(size=image_size)
+        self.config = ScanConfig(size=image_size, preprocessing=preprocessing)
         self.augment = augment
         self.transform = v2.RandomAffine(**PAPER_AUGMENTATION) if augment else None
 

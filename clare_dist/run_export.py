@@ -35,22 +35,29 @@ from clare_dist.runs import (
     fold_settings,
 )
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
+from clare_dist.scans.preprocessing import DEFAULT_PREPROCESSING, LEGACY_PREPROCESSING
 
 log = logging.getLogger(__name__)
 
 
-def check_images(table: pd.DataFrame, image_root: Path, image_size: int, count: int = 16) -> list[np.ndarray]:
-    """A few of the run's own test scans, decoded, for verifying the exported graph."""
+def check_images(table: pd.DataFrame, image_root: Path, image_size: int, count: int = 16,
+                 preprocessing: str = DEFAULT_PREPROCESSING) -> list[np.ndarray]:
+    """A few of the run's own test scans, decoded as in training, for verifying the exported graph."""
     names = table.sort_values("image_index")["image_index"].head(count * 2)
     images = []
     for path in locate(names, index_images(image_root), image_root):
         try:
-            images.append(preprocess_scan(path, ScanConfig(size=image_size)))
+            images.append(preprocess_scan(path, ScanConfig(size=image_size, preprocessing=preprocessing)))
         except ScanError as exc:
             log.warning("skipping %s as a check image: %s", path.name, exc)
         if len(images) == count:
             break
     return images
+
+
+def run_preprocessing(settings: dict) -> str:
+    """The preprocessing a run's folds were trained with; runs from before it was recorded used the legacy one."""
+    return settings.get("preprocessing", LEGACY_PREPROCESSING)
 
 
 def export_run(run: Path, images: Sequence[np.ndarray], fold: int | None = None, ensemble: bool = False) -> Bundle:
@@ -70,6 +77,7 @@ def export_run(run: Path, images: Sequence[np.ndarray], fold: int | None = None,
         run / BUNDLE_DIR, onnx_path, run / REFERENCES_FILE,
         backbone=settings["backbone"], image_size=settings["image_size"], folds=folds, ensemble=ensemble,
         metrics={**headline, "onnx_max_abs_diff": report.max_abs_diff}, data_hash=file_sha256(run / LABELS_FILE)[:16],
+        preprocessing_id=run_preprocessing(settings),
     )
     os.remove(onnx_path)
     return bundle

@@ -184,7 +184,7 @@ class Screener:
         limits: ScanConfig = ScanConfig(),
     ) -> None:
         self.bundle = bundle
-        self.scan_config = limits.sized(bundle.image_size)
+        self.scan_config = bundle.scan_config(limits)
         self.index = index if index is not None else bundled_index(bundle)
         self.session = open_session(bundle.onnx_path, threads=threads, spinning=spinning)
         self.batch_size = batch_size
@@ -248,7 +248,7 @@ def bundled_index(bundle: Bundle) -> CaseIndex | None:
     if not bundle.has_index:
         log.info("the bundle at %s has no case index: no similar cases will be shown", bundle.path)
         return None
-    from clare_dist.case_index import CaseIndex  # FAISS loads only for bundles that have an index
+    from clare_dist.case_index import CaseIndex  # scipy's k-d tree loads only for bundles that have an index
 
     return CaseIndex.load(bundle.index_dir)
 

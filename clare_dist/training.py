@@ -30,6 +30,7 @@ from clare_dist.labels import CLASSES
 from clare_dist.losses import LOSSES, regression_loss
 from clare_dist.models import ModelConfig, ScanNet, build_model, load_backbone_from
 from clare_dist.rules import References
+from clare_dist.scans.preprocessing import DEFAULT_PREPROCESSING, preprocessing
 from clare_dist.runs import (
     DONE_FILE,
     HISTORY_FILE,
@@ -62,11 +63,13 @@ class TrainConfig:
     num_workers: int = 2
     device: str = "auto"
     loss: str = "mse"  # the regressor's: "mse" (the paper's) or "distance" (clare_dist/losses.py)
+    preprocessing: str = DEFAULT_PREPROCESSING  # how scans become the model's input (scans.preprocessing); the bundle records it
 
     def __post_init__(self) -> None:
         for name in ("image_size", "epochs", "batch_size", "patience"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive; got {getattr(self, name)}")
+        preprocessing(self.preprocessing)  # UnknownPreprocessingError for an id this clare-dist lacks
         if self.loss not in LOSSES:
             raise ValueError(f"TrainConfig.loss must be one of {LOSSES}; got {self.loss!r}")
 
@@ -104,11 +107,12 @@ class FoldData:
     test: pd.DataFrame
     paths: dict[str, Path]
 
-    def dataset(self, part: str, kind: str, references: References, image_size: int, augment: bool = False) -> ScanDataset:
+    def dataset(self, part: str, kind: str, references: References, config: TrainConfig, augment: bool = False) -> ScanDataset:
         table = getattr(self, part)
         coords = dict(zip(references.names, references.coords))
         targets = targets_for(table, kind, coords)
-        return ScanDataset([self.paths[n] for n in table["image_index"]], targets, image_size, augment=augment)
+        return ScanDataset([self.paths[n] for n in table["image_index"]], targets, config.image_size, augment=augment,
+                           preprocessing=config.preprocessing)
 
 
 def fold_data(table: pd.DataFrame, image_root: str | os.PathLike, fold: int) -> FoldData:
@@ -171,8 +175,8 @@ def train_phase(phase: str, fold: int, data: FoldData, references: References, f
         return best_path
 
     loss_fn = nn.BCEWithLogitsLoss() if phase == "baseline" else regression_loss(config.loss, references)
-    train = data.dataset("train", kind, references, config.image_size, augment=True)
-    validation = _loader(data.dataset("validation", kind, references, config.image_size), config, False, 0)
+    train = data.dataset("train", kind, references, config, augment=True)
+    validation = _loader(data.dataset("validation", kind, references, config), config, False, 0)
     for epoch in range(state["epoch"] + 1, config.epochs):
         start = time.perf_counter()
         epoch_seed = config.seed * 100_003 + fold * 1009 + PHASES.index(phase) * 101 + epoch
@@ -243,8 +247,8 @@ def train_fold(fold: int, table: pd.DataFrame, image_root: str | os.PathLike, re
 def _predictions(models: dict[str, nn.Module], data: FoldData, part: str, references: References,
                  config: TrainConfig) -> pd.DataFrame:
     """Both models' outputs on one part of the fold (test or validation), in PREDICTION_COLUMNS."""
-    coords = predict(models["regressor"], data.dataset(part, "coords", references, config.image_size), config)
-    logits = predict(models["baseline"], data.dataset(part, "bits", references, config.image_size), config)
+    coords = predict(models["regressor"], data.dataset(part, "coords", references, config), config)
+    logits = predict(models["baseline"], data.dataset(part, "bits", references, config), config)
     table = getattr(data, part)
     predictions = table[["image_index", "fold", "combination", *CLASSES]].copy()
     predictions["x"], predictions["y"] = coords[:, 0], coords[:, 1]

@@ -65,7 +65,7 @@ class SinglePipeline:
                  decode_threads: int | None) -> None:
         loaded, cores = load_bundle(bundle), node_cpus()
         self.model_version = loaded.model_version
-        self.workers = ScanWorkers(loaded.onnx_path, limits.sized(loaded.image_size), decode_threads or cores,
+        self.workers = ScanWorkers(loaded.onnx_path, loaded.scan_config(limits), decode_threads or cores,
                                    max_batch=settings.max_batch_size, wide_threads=settings.threads or cores,
                                    spinning=settings.spinning)
         self.local = _LocalStages(bundle, limits, images_root, decode_threads or replica_cpus())

@@ -62,7 +62,7 @@ class Preprocessor:
 
     def __init__(self, bundle: str, limits: ScanConfig = ScanConfig()) -> None:
         manifest = load_bundle(bundle)
-        self.config = limits.sized(manifest.image_size)
+        self.config = manifest.scan_config(limits)
         self.model_version = manifest.model_version
 
     def __call__(self, body: bytes, scan_id: str, thumbnail: bool = False) -> DecodedScan | Screening:

@@ -238,7 +238,7 @@ def indexed_tiny_bundle(tiny_archive: Path, tiny_bundle: Path, tmp_path_factory:
         "combination": labels["combination"], "x": [s.x for s in screened], "y": [s.y for s in screened],
         "fold": labels["fold"].astype(int),
     })
-    write_index_into_bundle(path, CaseIndex.build(cases, use_gpu=False))
+    write_index_into_bundle(path, CaseIndex.build(cases))
     return path
 
 

@@ -24,6 +24,8 @@ from clare_dist.export import export_regressor
 from clare_dist.labels import COMBINATIONS
 from clare_dist.models import ModelConfig, build_model
 from clare_dist.rules import References
+from clare_dist.scans import ScanConfig
+from clare_dist.scans.preprocessing import PreprocessingMismatchError, UnknownPreprocessingError
 
 SIZE = 32
 METRICS = {"r4_mean_f1": 0.41, "baseline_mean_f1": 0.38}
@@ -81,7 +83,7 @@ def test_write_then_load_round_trips(tmp_path, onnx_file, references_file):
     written = write(out, onnx_file, references_file, folds=[0, 1, 2], ensemble=False, data_hash="abc123")
     loaded = load_bundle(tmp_path / "bundle")
 
-    for field in ("path", "manifest", "onnx_path", "model_version", "image_size"):
+    for field in ("path", "manifest", "onnx_path", "model_version", "image_size", "preprocessing"):
         assert getattr(loaded, field) == getattr(written, field), field
     assert sorted(p.name for p in loaded.path.iterdir()) == ["manifest.json", "references.json", "regressor.onnx"]
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no temporary directory left behind
@@ -96,6 +98,8 @@ def test_write_then_load_round_trips(tmp_path, onnx_file, references_file):
     assert manifest["metrics"] == METRICS and manifest["data_hash"] == "abc123"
     assert manifest["input"]["name"] == "scan" and manifest["input"]["shape"] == [None, 1, SIZE, SIZE]
     assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["layout"] == "N1HW"
+    assert {k: v for k, v in manifest["input"]["preprocessing"].items() if k != "description"} == {"name": "area", "version": 1}
+    assert loaded.preprocessing == "area/1"
     assert manifest["output"] == {"name": "coords", "shape": [None, 2], "dtype": "float32"}
     assert manifest["intended_use"] == INTENDED_USE
     assert datetime.fromisoformat(manifest["created_at"]).utcoffset().total_seconds() == 0
@@ -180,6 +184,37 @@ def test_input_size_disagreeing_with_the_graph(bundle_dir):
     (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
     message = problems_of(bundle_dir)
     assert "input shape is [None, 1, 128, 128] but regressor.onnx's input shape is [None, 1, 32, 32]" in message
+
+
+def test_the_preprocessing_trained_with_is_recorded_and_runs_with_the_bundle(tmp_path, onnx_file, references_file):
+    bundle = write(tmp_path / "legacy", onnx_file, references_file, preprocessing_id="lanczos/1")
+    assert load_bundle(bundle.path).preprocessing == "lanczos/1"
+    assert bundle.manifest["input"]["preprocessing"]["name"] == "lanczos"
+    limits = ScanConfig(max_pixels=1000, size=7)
+    assert bundle.scan_config(limits) == ScanConfig(max_pixels=1000, size=SIZE, preprocessing="lanczos/1")
+    assert bundle.scan_config(ScanConfig(preprocessing="lanczos/1")).preprocessing == "lanczos/1"
+    with pytest.raises(PreprocessingMismatchError, match=r"was trained on scans preprocessed with 'lanczos/1', but this "
+                                                         r"run is set to preprocess them with 'area/1'"):
+        bundle.scan_config(ScanConfig(preprocessing="area/1"))
+    with pytest.raises(UnknownPreprocessingError, match="unknown scan preprocessing 'box/3'"):
+        write(tmp_path / "unknown", onnx_file, references_file, preprocessing_id="box/3")
+
+
+def test_a_bundle_from_before_the_preprocessing_was_recorded_is_the_legacy_one(bundle_dir):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["input"]["preprocessing"] = f"resize to {SIZE}×{SIZE} 8-bit grayscale (LANCZOS); scaling and ImageNet normalisation inside the graph"
+    del manifest["input"]["in_graph"]
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(bundle_dir).preprocessing == "lanczos/1"
+    assert load_bundle(bundle_dir).scan_config().preprocessing == "lanczos/1"
+
+
+def test_a_preprocessing_this_version_lacks_is_refused(bundle_dir):
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["input"]["preprocessing"] = {"name": "area", "version": 2, "description": "from a newer clare-dist"}
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert ("manifest.json input.preprocessing: unknown scan preprocessing 'area/2'; this clare-dist has "
+            "['area/1', 'lanczos/1']") in problems_of(bundle_dir)
 
 
 def test_input_dtype_disagreeing_with_the_graph(bundle_dir):

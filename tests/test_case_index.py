@@ -1,11 +1,10 @@
-"""The case index: exact against numpy brute force on both code paths, persisted, and bundled."""
+"""The case index: exact against numpy brute force for any tree shape, persisted, read from format 1, and bundled."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import faiss
 import numpy as np
 import onnx
 import pandas as pd
@@ -21,20 +20,11 @@ from clare_dist.case_index import (
     build_case_index,
     write_index_into_bundle,
 )
-from clare_dist.labels import COMBINATIONS, LabelError
+from clare_dist.labels import COMBINATION_INDEX, COMBINATIONS, LabelError
 from clare_dist.rules import References
 
 RARE = "CaPnPl"  # given 3 cases below
 ABSENT = "CaPnOt"  # given none
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """The 2 cores are shared; FAISS's OpenMP pool would only contend for them."""
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(previous)
 
 
 def table(xy: np.ndarray, combinations: np.ndarray) -> pd.DataFrame:
@@ -99,15 +89,19 @@ def assert_exact(index: CaseIndex, cases: pd.DataFrame, q: np.ndarray, combinati
     ids, distances = brute_force(cases, q, combination, k)
     np.testing.assert_array_equal(found.case_ids, ids)
     np.testing.assert_array_equal(found.distances, distances)
+    for i in range(0, len(q), 7):  # a lone query takes its own path
+        alone = index.nearest(q[i], combination, k)
+        np.testing.assert_array_equal(alone.case_ids, ids[i : i + 1])
+        np.testing.assert_array_equal(alone.distances, distances[i : i + 1])
     expected = cases if combination is None else cases[cases["combination"] == combination]
     np.testing.assert_array_equal(found.combinations, expected.set_index("case_id").loc[ids.ravel(), "combination"].to_numpy(object).reshape(ids.shape))
 
 
+TREES = {"flat": 10**9, "deep": 1, "default": 16}  # leaf sizes: one leaf (brute force), a point a leaf, the default
+
+
 def build(cases: pd.DataFrame, path: str) -> CaseIndex:
-    """`flat`: one cell a partition (brute force); `grid`: the lattice even on small partitions."""
-    if path == "flat":
-        return CaseIndex.build(cases, use_gpu=False, grid_min_cases=10**9)
-    return CaseIndex.build(cases, use_gpu=False, grid_min_cases=0, cases_per_cell=1)
+    return CaseIndex.build(cases, leaf_size=TREES[path])
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +109,10 @@ def cases() -> pd.DataFrame:
     return clustered(4000, seed=1)
 
 
-@pytest.fixture(scope="module", params=["flat", "grid"])
+@pytest.fixture(scope="module", params=list(TREES))
 def index(request, cases) -> CaseIndex:
     built = build(cases, request.param)
-    assert all((p.grid.nlist == 1) == (request.param == "flat") for p in built._partitions.values() if len(p) > 3)
+    assert all(p.tree.leafsize == TREES[request.param] for p in built._partitions.values())
     return built
 
 
@@ -132,7 +126,7 @@ def test_per_combination_lookup_equals_brute_force(index, cases, combination):
     assert_exact(index, cases, queries(3), combination, 9)
 
 
-@pytest.mark.parametrize("path", ["flat", "grid"])
+@pytest.mark.parametrize("path", list(TREES))
 def test_ties_and_duplicates_go_by_insertion_order(path):
     cases = lattice(3000, seed=4)
     index = build(cases, path)
@@ -144,30 +138,29 @@ def test_ties_and_duplicates_go_by_insertion_order(path):
     np.testing.assert_array_equal(again.case_ids, index.nearest(q, None, 9).case_ids)
 
 
-def test_pruning_by_blocks_equals_brute_force(monkeypatch, cases):
-    """Query boxes of many cells (far outside the data) are pruned block by block first."""
-    from clare_dist.case_index import grid
-
-    monkeypatch.setattr(grid, "BLOCK_FROM", 4)
-    index = build(cases, "grid")
-    for combination in (None, "Pa"):
-        assert_exact(index, cases, queries(13), combination, 9)
+@pytest.mark.parametrize("path", ["deep", "default"])
+def test_queries_far_from_every_case_equal_brute_force(path, cases):
+    """Far outside the data in every direction and at every scale (a corrupted scan's coordinates)."""
+    rng = np.random.default_rng(13)
+    far = rng.normal(size=(120, 2)) * np.repeat(10.0 ** np.arange(1, 7), 20)[:, None]
+    index = build(cases, path)
+    for combination in (None, "Pa", RARE):
+        assert_exact(index, cases, far, combination, 9)
 
 
 @pytest.mark.parametrize("seed", [6, 7])
 def test_uniform_data_on_the_grid(seed):
     rng = np.random.default_rng(seed)
     cases = table(rng.random((3000, 2)), rng.choice(["Pa", "Pl"], 3000))
-    index = build(cases, "grid")
+    index = build(cases, "deep")
     assert_exact(index, cases, rng.random((300, 2)), None, 9)
     assert_exact(index, cases, rng.random((300, 2)), "Pl", 9)
 
 
-@pytest.mark.parametrize("path", ["flat", "grid"])
+@pytest.mark.parametrize("path", list(TREES))
 @pytest.mark.parametrize("offset", [0.5, 1000.0])
 def test_dense_single_queries_stay_exact(path, offset):
-    """As dense as a cluster of a 10M-case index. FAISS 1.15's IndexFlatL2 answers these wrongly
-    one query at a time (it expands ‖x − q‖² in float32); the index must not."""
+    """As dense as a cluster of a 10M-case index, where neighbours differ in the last bits of float32."""
     rng = np.random.default_rng(12)
     cases = table(offset + rng.random((20_000, 2)) * 0.01, rng.choice(["Pa", "Pl"], 20_000))
     index = build(cases, path)
@@ -257,20 +250,14 @@ def test_counts_and_case_lookup(index, cases):
 )
 def test_bad_case_tables_are_refused(change, message):
     with pytest.raises(CaseIndexError, match=message):
-        CaseIndex.build(change(lattice(20, seed=9)), use_gpu=False)
-
-
-def test_use_gpu_without_a_gpu_is_refused():
-    if faiss.get_num_gpus():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(ValueError, match="FAISS sees no GPU"):
-        CaseIndex.build(lattice(20, seed=9), use_gpu=True)
+        CaseIndex.build(change(lattice(20, seed=9)))
 
 
 def test_save_and_load_round_trip(tmp_path, index, cases):
     index.save(tmp_path / "index")
     files = {p.name for p in (tmp_path / "index").iterdir()}
-    assert {"cases.parquet", "index.json", f"{ALL_CASES}.faiss"} <= files and len(files) == 2 + 1 + len(index.combinations)
+    assert {"cases.parquet", "index.json", f"{ALL_CASES}.npy"} <= files and len(files) == 2 + 1 + len(index.combinations)
+    assert json.loads((tmp_path / "index" / "index.json").read_text())["format_version"] == 2
     loaded = CaseIndex.load(tmp_path / "index")
     assert len(loaded) == len(index) and loaded.combinations == index.combinations
     q = queries(10, n=60)
@@ -283,7 +270,7 @@ def test_save_and_load_round_trip(tmp_path, index, cases):
 
 
 def test_load_names_missing_and_inconsistent_files(tmp_path, cases):
-    saved = build(cases, "grid").save(tmp_path / "index")
+    saved = build(cases, "default").save(tmp_path / "index")
     with pytest.raises(CaseIndexError, match="index.json is missing"):
         CaseIndex.load(tmp_path / "nowhere")
 
@@ -291,19 +278,44 @@ def test_load_names_missing_and_inconsistent_files(tmp_path, cases):
     with pytest.raises(CaseIndexError, match=f"says {len(cases)} cases but cases.parquet has {len(cases) - 1} rows"):
         CaseIndex.load(saved)
 
-    saved = build(cases, "grid").save(tmp_path / "again")
-    (saved / "c01.faiss").unlink()  # Ca
-    (saved / "c02.faiss").write_bytes(b"not an index")  # Pa
-    with pytest.raises(CaseIndexError, match=r"c01.faiss \(partition Ca\) is missing") as caught:
+    saved = build(cases, "default").save(tmp_path / "again")
+    (saved / "c01.npy").unlink()  # Ca
+    (saved / "c02.npy").write_bytes(b"not an index")  # Pa
+    pl = saved / f"c{COMBINATION_INDEX['Pl']:02d}.npy"
+    order = np.load(pl)
+    np.save(pl, np.r_[order[1:], order[1]])  # one case twice, one never
+    with pytest.raises(CaseIndexError, match=r"c01.npy \(partition Ca\) is missing") as caught:
         CaseIndex.load(saved)
-    assert "c02.faiss (partition Pa) cannot be read" in str(caught.value)  # every problem, at once
+    assert "c02.npy (partition Pa) cannot be read" in str(caught.value)  # every problem, at once
+    assert f"{pl.name} is not an order of the {len(order)} cases of partition Pl" in str(caught.value)
     assert "Rebuild it from the labelled archive" in str(caught.value)
 
     meta = json.loads((saved / "index.json").read_text())
     meta["format_version"] = 99
     (saved / "index.json").write_text(json.dumps(meta))
-    with pytest.raises(CaseIndexError, match="format_version 99"):
+    with pytest.raises(CaseIndexError, match="format_version 99; this clare-dist reads 1 and 2"):
         CaseIndex.load(saved)
+
+
+def test_an_index_of_format_1_is_read_from_its_case_table(tmp_path, cases):
+    """The FAISS lattice's index.json and cases.parquet (its .faiss files are not read): same answers."""
+    old = tmp_path / "v1"
+    old.mkdir()
+    cases.to_parquet(old / "cases.parquet", index=False)
+    counts = {ALL_CASES: len(cases), **cases["combination"].value_counts().to_dict()}
+    (old / "index.json").write_text(json.dumps({
+        "format_version": 1, "faiss_version": "1.15.1", "cases": len(cases),
+        "partitions": [{"combination": name, "cases": int(n), "file": f"{name}.faiss",
+                        "grid": {"x0": 0.0, "y0": 0.0, "h": 1.0, "nx": 1, "ny": 1}} for name, n in counts.items()],
+    }))
+    loaded = CaseIndex.load(old)
+    for combination in (None, "Pa", RARE):
+        assert_exact(loaded, cases, queries(14, n=60), combination, 9)
+    meta = json.loads((old / "index.json").read_text())
+    meta["cases"] = 5
+    (old / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(CaseIndexError, match="says 5 cases but cases.parquet has"):
+        CaseIndex.load(old)
 
 
 SIZE = 8
@@ -343,7 +355,7 @@ def tiny_bundle(tmp_path: Path) -> Bundle:
 
 def test_index_written_into_a_bundle(tmp_path, cases):
     bundle = tiny_bundle(tmp_path)
-    index = build(cases, "grid")
+    index = build(cases, "default")
 
     for _ in range(2):  # writing again replaces the index
         assert write_index_into_bundle(bundle.path, index) == bundle.index_dir == bundle.path / "index"
@@ -351,7 +363,7 @@ def test_index_written_into_a_bundle(tmp_path, cases):
     assert reloaded.model_version == bundle.model_version and reloaded.has_index
     entry = reloaded.manifest["index"]
     assert entry["cases"] == len(cases) and entry["combinations"] == index.combinations
-    assert entry["faiss_version"] == faiss.__version__ and entry["directory"] == "index" and entry["built_at"]
+    assert entry["format_version"] == 2 and entry["directory"] == "index" and entry["built_at"]
     assert {k: v for k, v in reloaded.manifest.items() if k != "index"} == bundle.manifest
     assert sorted(p.name for p in bundle.path.iterdir()) == ["index", "manifest.json", "references.json", "regressor.onnx"]
     q = queries(11, n=30)

@@ -149,7 +149,7 @@ def case_index(tiny_archive, bundle):
     return CaseIndex.build(pd.DataFrame({
         "case_id": labels["image_index"], "path": paths, "combination": labels["combination"],
         "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32), "fold": labels["fold"].astype(int),
-    }), use_gpu=False)
+    }))
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,7 @@ def test_unreadable_images_and_a_rebuilt_index_give_notes_not_a_failure(screened
     _, results = screened
     moved = results.assign(path=str(tmp_path / "moved-away.png"))
     other = CaseIndex.build(pd.DataFrame({"case_id": ["new-1"], "path": ["x.png"], "combination": ["Pl"],
-                                          "x": [0.5], "y": [0.5], "fold": [0]}), use_gpu=False)
+                                          "x": [0.5], "y": [0.5], "fold": [0]}))
     _, page = read_page(write_report(tmp_path, moved, bundle, other, sample=2))
     captions = page.captions[-2:]
     assert len(page.explained_ids()) == 2

@@ -7,6 +7,7 @@ import logging
 import pickle
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -60,11 +61,46 @@ def test_every_sample_image_decodes_to_pillows_pixels(sample: Path) -> None:
             assert preprocess_scan(path).shape == (256, 256)
 
 
-def test_preprocess_matches_lanczos_resize_of_the_file(sample: Path) -> None:
+def test_preprocess_is_the_area_resize_of_the_file_by_default(sample: Path) -> None:
+    path = sample / "images-original" / "00000001_000.png"
+    expected = cv2.resize(np.asarray(Image.open(path)), (256, 256), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(preprocess_scan(path), expected)
+    np.testing.assert_array_equal(preprocess_scan(path, ScanConfig(preprocessing="area/1")), expected)
+    np.testing.assert_array_equal(preprocess_scan(path.read_bytes(), ScanConfig(size=128)).shape, (128, 128))
+
+
+def test_the_legacy_preprocessing_is_the_lanczos_resize_of_the_file(sample: Path) -> None:
     path = sample / "images" / "00000001_000.png"
     expected = np.asarray(Image.open(path).resize((256, 256), Image.Resampling.LANCZOS))
-    np.testing.assert_array_equal(preprocess_scan(path), expected)
-    np.testing.assert_array_equal(preprocess_scan(path.read_bytes(), ScanConfig(size=128)).shape, (128, 128))
+    np.testing.assert_array_equal(preprocess_scan(path, ScanConfig(preprocessing="lanczos/1")), expected)
+
+
+def test_area_preprocessing_decodes_a_jpeg_at_a_reduced_dct_scale(tmp_path: Path, sample: Path) -> None:
+    """libjpeg's 1/2ᵏ scaling (Pillow's draft) down to the input side at the least, then INTER_AREA."""
+    pixels = np.asarray(Image.open(sample / "images-original" / "00000001_000.png"))  # 1024²
+    data = io.BytesIO()
+    Image.fromarray(pixels).save(data, format="JPEG", quality=92)
+    with Image.open(io.BytesIO(data.getvalue())) as image:
+        image.draft("L", (256, 256))
+        assert image.size == (256, 256)  # 1/4 scale: the DCT itself does the reduction
+        expected = np.asarray(image.convert("L"))
+    np.testing.assert_array_equal(preprocess_scan(data.getvalue()), expected)
+    with Image.open(io.BytesIO(data.getvalue())) as image:
+        image.draft("L", (300, 300))
+        assert image.size == (512, 512)
+        expected = cv2.resize(np.asarray(image), (300, 300), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(preprocess_scan(data.getvalue(), ScanConfig(size=300)), expected)
+    full = read_scan(data.getvalue())  # read_scan keeps the file's own resolution
+    assert full.shape == (1024, 1024)
+    legacy = preprocess_scan(data.getvalue(), ScanConfig(preprocessing="lanczos/1"))
+    np.testing.assert_array_equal(legacy, np.asarray(Image.fromarray(full).resize((256, 256), Image.Resampling.LANCZOS)))
+
+
+def test_an_unknown_preprocessing_is_refused() -> None:
+    from clare_dist.scans.preprocessing import UnknownPreprocessingError
+
+    with pytest.raises(UnknownPreprocessingError, match=r"unknown scan preprocessing 'area/9'; this clare-dist has \['area/1', 'lanczos/1'\]"):
+        ScanConfig(preprocessing="area/9")
 
 
 @pytest.mark.parametrize("name", RGBA_ORIGINALS)
@@ -79,7 +115,7 @@ def test_rgba_originals_decode_as_their_grayscale(sample: Path, name: str) -> No
     # images/ holds the same scan, converted to L and LANCZOS-resized to 512 when the sample was
     # made; the same steps here reproduce it exactly (measured: max abs diff 0 on all six).
     copy = np.asarray(Image.open(sample / "images" / f"{name}.png")).astype(int)
-    diff = np.abs(resize_gray(image, 512).astype(int) - copy)
+    diff = np.abs(resize_gray(image, 512, "lanczos/1").astype(int) - copy)
     assert diff.mean() < 0.5 and diff.max() <= 1
 
 
@@ -91,7 +127,7 @@ def test_grayscale_originals_decode(sample: Path, name: str) -> None:
     assert image.shape == (side, side)
     np.testing.assert_array_equal(image, np.asarray(Image.open(path)))
     copy = np.asarray(Image.open(sample / "images" / f"{name}.png"))
-    assert np.abs(resize_gray(image, 512).astype(int) - copy).max() <= 1
+    assert np.abs(resize_gray(image, 512, "lanczos/1").astype(int) - copy).max() <= 1
 
 
 def test_png_named_dcm_decodes_as_png(tmp_path: Path) -> None:

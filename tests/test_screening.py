@@ -138,7 +138,7 @@ def test_similar_cases_are_the_k_nearest_of_the_decision(bundle, screener, scan_
     points = {name: rng.uniform(0.0, 0.5, (40, 2)) for name in decisions}
     points["CaPnPl"] = rng.uniform(0.0, 0.5, (40, 2))  # cases of a combination none of the scans get
     table = cases_table(points)
-    indexed = Screener(bundle, CaseIndex.build(table, use_gpu=False), threads=1)
+    indexed = Screener(bundle, CaseIndex.build(table), threads=1)
     for k in (1, 9):
         for got in indexed.screen(scan_files, k=k):
             ids, distances = brute_force(table, (got.x, got.y), got.combination, k)
@@ -153,7 +153,7 @@ def test_fewer_known_cases_than_k_are_all_shown_with_a_note(bundle, screener, sc
 
     (plain,) = screener.screen(scan_files[:1])
     table = cases_table({plain.combination: np.array([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])})
-    index = CaseIndex.build(table, use_gpu=False)
+    index = CaseIndex.build(table)
     (got,) = Screener(bundle, index, threads=1).screen(scan_files[:1], k=9)
     assert sorted(c.case_id for c in got.similar_cases) == sorted(table["case_id"])
     assert got.similar_note == index.nearest([got.x, got.y], combination=got.combination, k=9).note
@@ -163,7 +163,7 @@ def test_fewer_known_cases_than_k_are_all_shown_with_a_note(bundle, screener, sc
 def test_a_decision_no_known_case_can_have_gets_a_note():
     from clare_dist.case_index import CaseIndex
 
-    index = CaseIndex.build(cases_table({"Ca": np.array([[0.1, 0.1]])}), use_gpu=False)
+    index = CaseIndex.build(cases_table({"Ca": np.array([[0.1, 0.1]])}))
     found = similar(index, np.array([[0.1, 0.1], [0.2, 0.2]]), ["CaPaPnPl", "Pl"], k=9)
     assert found.cases == [[], []]
     assert "CaPaPnPl" in found.notes[0] and "at most 3" in found.notes[0]
@@ -189,7 +189,7 @@ def indexed_bundle(bundle, screener, scan_files, tmp_path_factory) -> Path:
     xy = np.array([first.x, first.y]) + offsets
     paths = {f"{first.combination}-{i:03d}": f.name for i, f in enumerate(others)}
     paths[f"{first.combination}-{len(others):03d}"] = "moved/away.png"
-    write_index_into_bundle(path, CaseIndex.build(cases_table({first.combination: xy}, paths), use_gpu=False))
+    write_index_into_bundle(path, CaseIndex.build(cases_table({first.combination: xy}, paths)))
     return path
 
 

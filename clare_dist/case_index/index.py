@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from clare_dist.case_index.search import Partition, copy_to_gpu, resolve_gpu
+from clare_dist.case_index.search import LEAF_SIZE, Partition
 from clare_dist.case_index.storage import read_index, write_index
 from clare_dist.case_index.table import ALL_CASES, UnknownCaseError, codes, coordinates, partition_rows, validated
 from clare_dist.labels import COMBINATION_INDEX, COMBINATIONS, MAX_FINDINGS, LabelError, combination_vector
@@ -29,8 +29,6 @@ from clare_dist.result import DEFAULT_K
 
 log = logging.getLogger(__name__)
 
-GRID_MIN_CASES = 20_000  # below this one cell (brute force) is as fast as the lattice
-CASES_PER_CELL = 8
 _COMBINATION_NAMES = np.array(COMBINATIONS, dtype=object)
 
 
@@ -64,57 +62,37 @@ class CaseIndex:
     may run from several threads at once.
     """
 
-    def __init__(self, table: pd.DataFrame, partitions: dict[str, Partition], use_gpu: bool) -> None:
+    def __init__(self, table: pd.DataFrame, partitions: dict[str, Partition]) -> None:
         self._table = table
         self._codes = codes(table)
-        ids = pa.array(table["case_id"].array)  # Arrow: compact at 10M, where Python strings are not
-        self._case_ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        self._case_ids = _Strings(pa.array(table["case_id"].array))
         self._partitions = partitions
         self._rows_by_id: pd.Index | None = None
-        if use_gpu:
-            self._gpu_resources = copy_to_gpu(partitions.values())  # the GPU indexes use it: keep it alive with them
 
     @classmethod
-    def build(
-        cls,
-        cases: pd.DataFrame,
-        use_gpu: bool | None = None,
-        *,
-        grid_min_cases: int = GRID_MIN_CASES,
-        cases_per_cell: int = CASES_PER_CELL,
-    ) -> CaseIndex:
+    def build(cls, cases: pd.DataFrame, *, leaf_size: int = LEAF_SIZE) -> CaseIndex:
         """Index a table with the columns `table.COLUMNS` (one row per labelled image).
 
-        Partitions of at least `grid_min_cases` cases get a lattice of about `cases_per_cell`
-        cases a cell (grid_min_cases=0 forces it everywhere, as the tests do); smaller ones one
-        cell. `use_gpu` None means a GPU when FAISS sees one.
+        `leaf_size` is the k-d trees' points per leaf (the tests vary it; the answers do not).
         """
-        if cases_per_cell < 1:
-            raise ValueError(f"cases_per_cell must be at least 1; got {cases_per_cell}")
+        if leaf_size < 1:
+            raise ValueError(f"leaf_size must be at least 1; got {leaf_size}")
         started = time.perf_counter()
         table = validated(cases)
-        gpu = resolve_gpu(use_gpu)
         xy = coordinates(table)
-        partitions = {
-            name: Partition.build(rows, xy, cases_per_cell if len(rows) >= max(grid_min_cases, 1) else None)
-            for name, rows in partition_rows(table).items()
-        }
-        index = cls(table, partitions, gpu)
-        log.info(
-            "indexed %d cases in %d combinations in %.1f s (%d partitions with a lattice), searching on the %s",
-            len(table), len(partitions) - 1, time.perf_counter() - started,
-            sum(p.grid.nlist > 1 for p in partitions.values()), "GPU" if gpu else "CPU",
-        )
-        return index
+        partitions = {name: Partition.build(rows, xy, leaf_size) for name, rows in partition_rows(table).items()}
+        log.info("indexed %d cases in %d combinations in %.1f s", len(table), len(partitions) - 1,
+                 time.perf_counter() - started)
+        return cls(table, partitions)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, use_gpu: bool | None = None) -> CaseIndex:
-        """Read what `save` wrote; every inconsistency found is named in one CaseIndexError."""
+    def load(cls, directory: str | os.PathLike) -> CaseIndex:
+        """Read what `save` wrote (or an index of format 1); every inconsistency is named in one CaseIndexError."""
         table, partitions = read_index(directory)
-        return cls(table, partitions, resolve_gpu(use_gpu))
+        return cls(table, partitions)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write `cases.parquet`, one FAISS file per partition and `index.json` into `directory`."""
+        """Write `cases.parquet`, each partition's tree order and `index.json` into `directory`."""
         return write_index(directory, self._table, self._partitions)
 
     def __len__(self) -> int:
@@ -138,10 +116,9 @@ class CaseIndex:
         partition = self._partitions.get(combination or ALL_CASES)
         if partition is None:  # a valid combination without any known case
             return Neighbours.none(len(q), f"no known cases have {combination}; there are no similar cases to show")
-        d2, ids = partition.search(q, k)
-        rows = partition.rows[ids]
-        case_ids = self._case_ids.take(rows.ravel()).to_numpy(zero_copy_only=False).astype(object).reshape(rows.shape)
-        found = ids.shape[1]
+        d2, rows = partition.search(q, k)
+        case_ids = self._case_ids.take(rows)
+        found = rows.shape[1]
         note = None
         if found < k:
             what = f"have {combination}" if combination else "are in the index"
@@ -193,6 +170,26 @@ class CaseIndex:
             "y": float(record["y"]),
             "fold": int(record["fold"]),
         }
+
+
+class _Strings:
+    """A string column read by row from Arrow's two buffers: compact at 10M, where Python strings are
+    not, and a handful of rows cost a few µs (Arrow's own take costs ~10 µs a call)."""
+
+    def __init__(self, array: pa.Array | pa.ChunkedArray) -> None:
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        array = array.cast(pa.large_string())
+        _, offsets, data = array.buffers()
+        self._offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+        self._data = memoryview(data if data is not None else b"")
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The strings at `rows` (any shape), as an object array of that shape."""
+        flat = rows.ravel()
+        starts, ends = self._offsets[flat].tolist(), self._offsets[flat + 1].tolist()
+        data = self._data
+        return np.array([str(data[a:b], "utf-8") for a, b in zip(starts, ends)], dtype=object).reshape(rows.shape)
 
 
 def _queries(coords: np.ndarray | Sequence[float]) -> np.ndarray:

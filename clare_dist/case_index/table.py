@@ -1,7 +1,7 @@
 """The case table: one row per known case (a labelled image and its predicted coordinates).
 
 Every index is built from, saved as and loaded from this table, so it is checked here once:
-the columns, their dtypes (coordinates as the float32 FAISS stores), known combinations and
+the columns, their dtypes (coordinates as float32, what the search compares), known combinations and
 unique ids. Its partitions, the rows of each ground-truth combination, are what the search runs on.
 """
 
@@ -45,7 +45,7 @@ def validated(cases: pd.DataFrame) -> pd.DataFrame:
         "case_id": cases["case_id"].astype("string[pyarrow]"),
         "path": cases["path"].astype("string[pyarrow]"),
         "combination": cases["combination"].astype("string[pyarrow]"),
-        "x": cases["x"].to_numpy(dtype=np.float32),  # what FAISS stores and compares
+        "x": cases["x"].to_numpy(dtype=np.float32),  # what the search compares
         "y": cases["y"].to_numpy(dtype=np.float32),
         "fold": cases["fold"].to_numpy(dtype=np.int64),
     })

@@ -1,14 +1,15 @@
 """Scan decoding and preprocessing: a PNG, JPEG or DICOM file in, one 8-bit grayscale image out.
 
-Training loaders, the batch job and the HTTP API all go through `preprocess_scan`, so the model
-sees the same pixels everywhere. The format is decided from the content, never from the file
+Training loaders, the batch job and the HTTP API all go through `preprocess_scan`, with the
+preprocessing the bundle names (`preprocessing`), so the model sees the same pixels everywhere. The format is decided from the content, never from the file
 name. Whatever the content, the outcome is an image or a `ScanError` for this scan alone: the
 known failures carry a specific kind and a message hospital IT can act on, and anything
 unexpected is logged with its traceback and becomes kind `internal` (a row, not a failed job).
 
 The parts: `errors` (the error and the limits), `files` (reading regular files only, capped),
 `pillow` (PNG/JPEG, containers checked first), `dicom` (every transfer syntax, header values
-checked), `pixels` (stored values → 8-bit in bounded memory).
+checked), `pixels` (stored values → 8-bit in bounded memory), `preprocessing` (decoded scan → the
+model's input, by name and version).
 """
 
 from __future__ import annotations
@@ -18,23 +19,19 @@ import traceback
 from typing import Callable, TypeVar
 
 import numpy as np
-from PIL import Image
 from pydicom.dataset import Dataset
 
 from clare_dist.scans.dicom import dicom_header, looks_like_dicom_without_preamble, read_dicom
 from clare_dist.scans.errors import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.scans.files import ScanSource, load_bytes
 from clare_dist.scans.pillow import JPEG_MAGIC, PNG_MAGIC, read_pillow
+from clare_dist.scans.preprocessing import DEFAULT_PREPROCESSING, preprocessing, resize_to
 
-__all__ = ["SCAN_ERROR_KINDS", "RESAMPLE", "ScanConfig", "ScanError", "ScanSource", "preprocess_scan", "read_dicom_header",
-           "read_scan", "resize_gray", "sniff_format"]
+__all__ = ["DEFAULT_PREPROCESSING", "SCAN_ERROR_KINDS", "ScanConfig", "ScanError", "ScanSource", "preprocess_scan",
+           "read_dicom_header", "read_scan", "resize_gray", "sniff_format"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Resampling filter of every resize: the sample archive was downscaled with LANCZOS, and it is
-# Pillow's sharpest antialiasing filter, which keeps small findings (nodules, thin lines) visible.
-RESAMPLE = Image.Resampling.LANCZOS
 
 _NON_IMAGE_MAGICS = {b"PK\x03\x04": "a ZIP archive", b"%PDF": "a PDF document", b"\x1f\x8b": "a gzip archive",
                      b"GIF8": "a GIF image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"BM": "a BMP image"}
@@ -56,18 +53,16 @@ def read_scan(source: ScanSource, config: ScanConfig = ScanConfig()) -> np.ndarr
     return _guarded(_read, source, config)
 
 
-def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D uint8 image to size x size; non-square scans are squashed, as the paper does."""
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"resize_gray takes a 2-D uint8 image; got shape {image.shape} and dtype {image.dtype}")
-    if size <= 0:
-        raise ValueError(f"size must be positive; got {size}")
-    return np.array(Image.fromarray(image).resize((size, size), RESAMPLE))
+def resize_gray(image: np.ndarray, size: int, preprocessing_id: str = DEFAULT_PREPROCESSING) -> np.ndarray:
+    """Resize a 2-D uint8 image to size x size as the preprocessing does; non-square scans are squashed."""
+    return resize_to(image, size, preprocessing_id)
 
 
 def preprocess_scan(source: ScanSource, config: ScanConfig = ScanConfig()) -> np.ndarray:
-    """Decode a scan and resize it to the model's square input (config.size), as uint8."""
-    return _guarded(lambda s, c: resize_gray(_read(s, c), c.size), source, config)
+    """Decode a scan and make it the model's square input (config.size, uint8) by config.preprocessing."""
+    chosen = config.preprocessing or DEFAULT_PREPROCESSING
+    draft = config.size if preprocessing(chosen).jpeg_draft else None
+    return _guarded(lambda s, c: resize_to(_read(s, c, draft), c.size, chosen), source, config)
 
 
 def read_dicom_header(source: ScanSource, config: ScanConfig = ScanConfig()) -> Dataset | None:
@@ -94,7 +89,8 @@ def _guarded(work: Callable[[ScanSource, ScanConfig], T], source: ScanSource, co
                                     "service's log: report it to the clare-dist maintainers with the scan") from err
 
 
-def _read(source: ScanSource, config: ScanConfig) -> np.ndarray:
+def _read(source: ScanSource, config: ScanConfig, jpeg_draft: int | None = None) -> np.ndarray:
+    """The scan as 2-D uint8; a JPEG at the smallest DCT scale still `jpeg_draft` on each side, if given."""
     data = load_bytes(source, config.max_file_bytes)
     if not data:
         raise ScanError("empty", "the scan is empty (0 bytes); check the export or transfer that produced it and send it again")
@@ -102,7 +98,7 @@ def _read(source: ScanSource, config: ScanConfig) -> np.ndarray:
     if fmt == "unknown":
         raise ScanError("not_an_image", f"the content is {_describe(data)}, not a PNG, JPEG or DICOM scan; send the image "
                                         "file itself (convert other image formats to PNG)")
-    image = read_dicom(data, config) if fmt == "dicom" else read_pillow(data, fmt, config)
+    image = read_dicom(data, config) if fmt == "dicom" else read_pillow(data, fmt, config, jpeg_draft)
     if image.size and image.min() == image.max():
         raise ScanError("bad_pixels", f"the scan decodes to one flat gray level ({int(image.flat[0])}) in every pixel: "
                                       "there is nothing to screen; check the export that produced it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from clare_dist.errors import ClareError
+from clare_dist.scans.preprocessing import preprocessing
 
 SCAN_ERROR_KINDS: tuple[str, ...] = (
     "empty",  # 0 bytes
@@ -54,6 +55,8 @@ class ScanConfig:
     - `max_frames`: frames a multi-frame DICOM may declare (its first frame is screened).
     - `max_aspect`: longer side ÷ shorter side (radiographs are 1–1.3; a 1 × 49 M sliver is
       refused before its resize would need gigabytes).
+    - `preprocessing`: how a decoded scan becomes the model's input (`scans.preprocessing`); None
+      is the bundle's where there is one (`Bundle.scan_config`), else the default.
     """
 
     size: int = 256
@@ -61,8 +64,11 @@ class ScanConfig:
     max_file_mb: float = 128.0
     max_frames: int = 1024
     max_aspect: float = 8.0
+    preprocessing: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preprocessing is not None:
+            preprocessing(self.preprocessing)  # UnknownPreprocessingError for an id this clare-dist lacks
         for name in ("size", "max_pixels", "max_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -88,8 +88,9 @@ def check_jpeg_holds_image(width: int, height: int, coded: int) -> None:
                                       "data, far too few for any image; it would decode flat gray. Re-export the scan")
 
 
-def read_pillow(data: bytes, fmt: str, config: ScanConfig) -> np.ndarray:
-    """A PNG or JPEG scan as a 2-D uint8 image at its own resolution."""
+def read_pillow(data: bytes, fmt: str, config: ScanConfig, jpeg_draft: int | None = None) -> np.ndarray:
+    """A PNG or JPEG scan as a 2-D uint8 image at its own resolution; with `jpeg_draft`, a JPEG at the
+    smallest 1/2ᵏ DCT scale whose sides are both still at least that (libjpeg skips the rest)."""
     name = fmt.upper()
     if fmt == "png":
         width, height = png_size(data)
@@ -111,6 +112,8 @@ def read_pillow(data: bytes, fmt: str, config: ScanConfig) -> np.ndarray:
     except Exception as err:  # the container walk passed, so a header Pillow cannot parse is corrupt
         raise ScanError("truncated", f"the {name} header is corrupt ({type(err).__name__}); re-export the scan") from err
     with image:
+        if jpeg_draft is not None and fmt == "jpeg":
+            image.draft(image.mode, (jpeg_draft, jpeg_draft))
         try:
             image.load()
         except MemoryError:  # past the limits, or a machine out of memory: not this file's fault
