@@ -147,7 +147,7 @@ def run_embed(bundle_path: Path, source: Path | PacsSource, out_dir: Path, setti
     Ends by (re)writing `out_dir/report.html` over all the rows, so a resumed run's report
     covers the whole archive."""
     bundle = load_bundle(bundle_path)
-    limits = settings.limits.sized(bundle.image_size)
+    limits = bundle.scan_config(settings.limits)  # the model's size and preprocessing
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = _pacs_inputs(source, out_dir) if isinstance(source, PacsSource) else inputs_table(list_archive(source))
     done = completed_scan_ids(out_dir)

@@ -58,7 +58,7 @@ class Listener:
     def __init__(self, bundle_path: Path, config: ListenerConfig, sink: Pacs | None = None) -> None:
         self.config, self.sink = config, sink
         self.bundle = load_bundle(bundle_path)
-        self.limits = config.limits.sized(self.bundle.image_size)
+        self.limits = self.bundle.scan_config(config.limits)
         self.log = ListenerLog(config.spool)
         (config.spool / INCOMING).mkdir(parents=True, exist_ok=True)
         (config.spool / RESULTS).mkdir(parents=True, exist_ok=True)
