@@ -36,7 +36,7 @@ from clare_dist.evaluation import (
 from clare_dist.labels import CLASSES
 from clare_dist.plots import predictions_by_combination_figure, roc_pr_figure, save_figure
 from clare_dist.result import INTENDED_USE
-from clare_dist.rules import apply_rules, self_inconsistent
+from clare_dist.rules import apply_rules, layout_check, self_inconsistent
 from clare_dist.runs import EVALUATION_FILES
 
 logger = logging.getLogger(__name__)
@@ -83,12 +83,10 @@ def _verdict(evaluation: RunEvaluation) -> str:
 
 def _layout_check(evaluation: RunEvaluation) -> str:
     """Whether a perfect regressor would be decided right: R4 at each reference's own point."""
-    wrong = self_inconsistent(evaluation.references)
-    if not wrong:
-        return "**Reference layout:** R4 decides each of the 26 references correctly at its own point."
-    listed = ", ".join(f"{name} → {decided}" for name, decided in wrong)
-    return (f"**Reference layout:** at its own point, R4 decides {len(wrong)} of the 26 references as another "
-            f"combination ({listed}): scans of these combinations are decided wrong even by a perfect regressor.")
+    line = f"**Reference layout:** {layout_check(evaluation.references)}"
+    if not self_inconsistent(evaluation.references):
+        return f"{line}: a perfect regressor would be decided right for every combination."
+    return f"{line}: scans of these combinations are decided wrong even by a perfect regressor."
 
 
 def _fair_section(evaluation: RunEvaluation) -> list[str]:

@@ -27,6 +27,7 @@ from clare_dist.bundle import Bundle
 from clare_dist.encode.parquet_row import from_row
 from clare_dist.labels import COMBINATION_INDEX
 from clare_dist.result import INTENDED_USE, STATUS_ERROR, STATUS_OK, Screening
+from clare_dist.rules import layout_check
 from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.screening import THUMBNAIL_SIZE, case_images, decode
 from clare_dist.triage import WORKLIST_FILE, worklist
@@ -95,6 +96,7 @@ def _summary(results: pd.DataFrame, bundle: Bundle) -> str:
         ("Failed (error)", f"{n_error:,}"),
         ("Model version", escape(bundle.model_version)),
         ("Model", escape(f"{bundle.manifest.get('backbone', '?')}, {bundle.image_size} px input")),
+        ("Reference layout", escape(layout_check(bundle.references))),
         ("Report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
     ]
     table = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>\n" for name, value in rows)

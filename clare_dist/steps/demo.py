@@ -70,7 +70,8 @@ def run_demo(out: Path, settings: DemoSettings, connect: Callable[[], None], say
     say(format_counts_table(combination_counts(table)))
     if not (out / "references" / REFERENCES_FILE).exists():
         space = make_references(out / "references", seed=settings.seed)
-        say(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}")
+        say(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}; "
+            f"{space.layout_check}")
 
     run = out / "run"
     init_run(run, labels, out / "references")
