@@ -6,6 +6,10 @@ encodings of it (`clare_dist.encode`), so one scan gives the same answer everywh
 output (DICOM SR, FHIR) is one more encoder. A scan that could not be screened is a Screening
 too, with status "error", the ScanError kind and its reason, and nothing else.
 
+Every screened scan also says whether it `needs_review`: its out-of-distribution score
+(`clare_dist.ood`) lies above the threshold, so the model should not judge it alone. A bundle
+exported before that score existed screens with both left None: not checked, which is not "fine".
+
 Results carry a scan id (the file name, an archive path or an id the caller gives), never
 patient data.
 """
@@ -35,8 +39,9 @@ class SimilarCase:
 @dataclass(frozen=True)
 class Screening:
     """Everything said about one scan: its point, the R4 decision and its classes, the top 3
-    references with distances, why (the sentence), similar known cases, and the model that said
-    it — or, with status "error", why the scan could not be screened."""
+    references with distances, why (the sentence), similar known cases, whether it lies outside what
+    the model knows (`ood_score` above 1: `needs_review`), and the model that said it — or, with
+    status "error", why the scan could not be screened."""
 
     scan_id: str
     model_version: str
@@ -56,6 +61,8 @@ class Screening:
     explanation: str | None = None
     similar_cases: list[SimilarCase] = field(default_factory=list)
     similar_note: str | None = None
+    ood_score: float | None = None
+    needs_review: bool | None = None
 
     @classmethod
     def failed(cls, scan_id: str, kind: str, reason: str, model_version: str) -> Screening:
@@ -65,6 +72,12 @@ class Screening:
     @property
     def ok(self) -> bool:
         return self.status == STATUS_OK
+
+    @property
+    def ood_checked(self) -> bool:
+        """Whether the model said if the scan lies within what it knows (bundles before the OOD
+        score cannot)."""
+        return self.needs_review is not None
 
     @property
     def classes(self) -> dict[str, int | None]:

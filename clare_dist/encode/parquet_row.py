@@ -3,7 +3,8 @@
 The schema is derived from `Screening`'s fields, in the column order the part files of earlier
 releases have, so a resumed run appends to them and one read covers both: `scan_id`, the input
 `path`, `status`, `error` ("kind: reason", the one column the two error fields share on disk),
-the screening's fields, `model_version` last.
+the screening's fields (`ood_score` and `needs_review`, the latest, last), `model_version` last.
+Part files written before the OOD score lack those two columns; they read back as None.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from clare_dist.result import STATUS_ERROR, SimilarCase, Screening
 
-_LEAVES = {str: pa.string(), float: pa.float32(), int: pa.int8()}
+_LEAVES = {str: pa.string(), float: pa.float32(), int: pa.int8(), bool: pa.bool_()}
 _OWN_COLUMNS = ("scan_id", "model_version", "status", "error_kind", "error_reason")
 
 
