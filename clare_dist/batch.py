@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from clare_dist.archive import IMAGE_SUFFIXES
 from clare_dist.encode.parquet_row import ROW_SCHEMA, to_table
+from clare_dist.ood import OOD_OUTPUT
 from clare_dist.result import DEFAULT_K, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, Screening
 from clare_dist.rules import References
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
@@ -109,7 +110,8 @@ def decode_batch(batch: dict[str, np.ndarray], config: ScanConfig) -> dict[str, 
 
 def finish_batch(batch: pd.DataFrame, references: References, model_version: str, index=None,
                  k: int = DEFAULT_K) -> pa.Table:
-    """Stage 3 (CPU tasks): coordinates → Screenings → their Parquet rows."""
+    """Stage 3 (CPU tasks): coordinates (and OOD scores, an `ood_score` column where the graph has
+    them) → Screenings → their Parquet rows."""
     return to_table(finish_screenings(batch, references, model_version, index, k), batch["path"].astype(str))
 
 
@@ -121,7 +123,9 @@ def finish_screenings(batch: pd.DataFrame, references: References, model_version
     ok = (batch["status"] == STATUS_OK).to_numpy()
     ids = batch["scan_id"].astype(str).tolist()
     coords = batch[["x", "y"]].to_numpy(dtype=np.float64)[ok]
-    screened = iter(screen_points(coords, [i for i, good in zip(ids, ok) if good], references, index, model_version, k))
+    scores = batch[OOD_OUTPUT].to_numpy(dtype=np.float32)[ok] if OOD_OUTPUT in batch.columns else None
+    screened = iter(screen_points(coords, [i for i, good in zip(ids, ok) if good], references, index, model_version, k,
+                                  scores))
     return [next(screened) if good else
             (Screening.skipped if status == STATUS_SKIPPED else Screening.failed)(scan_id, str(kind), str(reason), model_version)
             for scan_id, good, status, kind, reason in zip(ids, ok, batch["status"], batch["error_kind"], batch["error_reason"])]

@@ -3,10 +3,14 @@
 A bundle is a directory holding the ONNX regressor, the references it regresses into, and a
 manifest that says what the graph expects and where it came from:
 
-    manifest.json     format version, model version, input/output, folds, metrics, versions
-    regressor.onnx    N×1×S×S uint8 "scan" → N×2 float32 "coords"
+    manifest.json     format version, model version, input/output, folds, metrics, versions, ood
+    regressor.onnx    N×1×S×S uint8 "scan" → N×2 float32 "coords" (and N float32 "ood_score")
     references.json   the 26 reference coordinates
     index/            the case index of known cases (`clare_dist.case_index`), once built
+
+The graph's second output, the out-of-distribution score (`clare_dist.ood`), and the manifest's
+`ood` entry that describes it (how its threshold was fitted) came later: a bundle without them
+still loads and screens, its results saying the scans were not checked (`needs_review` None).
 
 The model version is a hash of the regressor and the references, so every result can name
 exactly the model that produced it, and a bundle whose files were changed after bundling is
@@ -36,6 +40,7 @@ import onnx
 from clare_dist import __version__
 from clare_dist.atomic import atomic_path, write_json_atomic
 from clare_dist.errors import ClareError
+from clare_dist.ood import OOD_OUTPUT
 from clare_dist.reference_file import REFERENCES_FILE, load_references
 from clare_dist.result import INTENDED_USE
 from clare_dist.rules import References
@@ -115,6 +120,11 @@ class Bundle:
         return self.path / INDEX_DIR
 
     @property
+    def has_ood_score(self) -> bool:
+        """Whether the graph scores each scan's distance from the training archive (`clare_dist.ood`)."""
+        return "ood" in self.manifest
+
+    @property
     def has_index(self) -> bool:
         """Whether a case index was written into this bundle (manifest entry and directory)."""
         return "index" in self.manifest and self.index_dir.is_dir()
@@ -143,11 +153,14 @@ def write_bundle(
     data_hash: str | None = None,
     preprocessing_id: str = DEFAULT_PREPROCESSING,
     quantization: dict | None = None,
+    ood: dict[str, Any] | None = None,
 ) -> Bundle:
     """Assemble and validate a bundle in a temporary directory, then move it to `out_dir`.
 
     `preprocessing_id` is how the model's training scans were made (`scans.preprocessing`);
-    `quantization`, for an int8 regressor, what `clare_dist.quantize` did and measured.
+    `quantization`, for an int8 regressor, what `clare_dist.quantize` did and measured;
+    `ood` describes the graph's OOD score output (name, shape, dtype, how its threshold was fitted),
+    None for a graph without it.
 
     A bundle already at `out_dir` is replaced as a whole (its case index belongs to the old
     model's coordinates). At no moment does `out_dir` hold a half-written bundle.
@@ -191,6 +204,8 @@ def write_bundle(
         }
         if quantization is not None:
             manifest["quantization"] = quantization
+        if ood is not None:
+            manifest["ood"] = ood
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         try:
             checked = load_bundle(tmp)  # refuse to publish what no consumer could load
@@ -332,10 +347,17 @@ def _check_graph(file: Path, manifest: dict[str, Any], problems: list[str]) -> N
         return
     initializers = {init.name for init in graph.initializer}
     inputs = [value for value in graph.input if value.name not in initializers]
-    for role, values in (("input", inputs), ("output", list(graph.output))):
+    outputs = list(graph.output)
+    scores = [value for value in outputs if value.name == OOD_OUTPUT]
+    if "ood" in manifest and not scores:
+        problems.append(f"the manifest describes an OOD score but {REGRESSOR_FILE} has no output {OOD_OUTPUT!r}")
+    if scores and "ood" not in manifest:
+        problems.append(f"{REGRESSOR_FILE} has an output {OOD_OUTPUT!r} that the manifest does not describe (its 'ood' entry)")
+    sections = (("input", inputs), ("output", [v for v in outputs if v.name != OOD_OUTPUT]), ("ood", scores))
+    for role, values in sections:
         declared = manifest.get(role)
         if not isinstance(declared, dict):
-            continue  # a missing section is reported with the manifest
+            continue  # a missing section is reported with the manifest; no "ood": a bundle from before it
         if len(values) != 1:
             problems.append(f"{REGRESSOR_FILE} has {len(values)} graph {role}s; a regressor has exactly one")
             continue

@@ -54,7 +54,11 @@ def cmd_references(args: argparse.Namespace) -> int:
     print(f"references: {len(space.references.names)} combinations, all distinct and decoded back to their own vector")
     print(f"minimum pairwise distance (normalised space): {space.min_distance:.4f}")
     print(f"reconstruction MSE (26 combinations): {space.reconstruction_mse:.3g}")
-    print(f"seed used: {space.seed_used} (attempt {space.attempts}), trained in {space.seconds:.1f} s")
+    print(f"layout check: {space.layout_check}")
+    if space.self_inconsistent:
+        print(f"  no seed of {space.attempts} gave a layout R4 decodes right everywhere; this is the best, and scans "
+              "of those combinations are decided wrong even by a perfect regressor")
+    print(f"seed used: {space.seed_used} ({space.attempts} seed(s) tried), trained in {space.seconds:.1f} s")
     print(f"wrote {Path(args.out) / 'references.json'} and {Path(args.out) / 'references.png'}")
     return 0
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +29,9 @@ from clare_dist import metrics
 from clare_dist.cxr14 import fold_split
 from clare_dist.errors import ClareError
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, COMBINATION_VECTORS, COMBINATIONS
+from clare_dist.ood_evaluation import OUTLIERS as OOD_OUTLIERS
+from clare_dist.ood_evaluation import TEST as OOD_TEST
+from clare_dist.ood_evaluation import OODFigures, ood_figures
 from clare_dist.reference_file import load_references
 from clare_dist.rules import References, apply_rules, pattern_names
 from clare_dist.runs import PREDICTIONS_FILE, VALIDATION_PREDICTIONS_FILE, fold_dir, fold_dirs
@@ -229,6 +232,7 @@ class RunEvaluation:
     triage_auroc: pd.DataFrame  # fold × TRIAGE_SCORES
     predictions: pd.DataFrame
     references: References
+    ood: OODFigures | None = None  # the "needs human review" flag's shares; None for a run trained before it
 
     @property
     def fair(self) -> bool:
@@ -253,7 +257,9 @@ class RunEvaluation:
                     "fair_baseline_roc_mean_f1": f1["B_ROC_fair"], "fair_baseline_roc_mean_f1_std": f1_std["B_ROC_fair"],
                     "fair_r4_minus_baseline_pr": mean, "fair_r4_minus_baseline_pr_std": finite_or_none(std),
                     "r4_beats_fair_baseline_pr": bool(f1["R4"] > f1["B_PR_fair"]), "knn_mean_f1": f1[KNN]}
-        return fair | {
+        ood = {} if self.ood is None else {
+            "ood_test_flagged": float(self.ood.mean()[OOD_TEST]), "ood_outliers_flagged": float(self.ood.mean()[OOD_OUTLIERS])}
+        return fair | ood | {
             "r4_mean_f1": f1["R4"],
             "r4_mean_f1_std": f1_std["R4"],
             "baseline_pr_mean_f1": f1["B_PR"],
@@ -337,7 +343,8 @@ def evaluate_run(run_dir: str | os.PathLike, folds: Sequence[int] | None = None)
         frames.append(frame[PREDICTION_COLUMNS])
         logger.info("fold %d: %d test images, R4 mean F1 %.3f", fold, len(frame),
                     evaluations[-1].mean_f1()["R4"])
-    return summarise(evaluations, pd.concat(frames, ignore_index=True), references)
+    summary = summarise(evaluations, pd.concat(frames, ignore_index=True), references)
+    return replace(summary, ood=ood_figures(run, summary.folds))
 
 
 def finite_or_none(value: float) -> float | None:

@@ -34,9 +34,12 @@ from clare_dist.evaluation import (
     finite_or_none,
 )
 from clare_dist.labels import CLASSES
+from clare_dist.ood_evaluation import ID_TARGET, OUTLIER_TARGET
+from clare_dist.ood_evaluation import OUTLIERS as OOD_OUTLIERS
+from clare_dist.ood_evaluation import TEST as OOD_TEST
 from clare_dist.plots import predictions_by_combination_figure, roc_pr_figure, save_figure
 from clare_dist.result import INTENDED_USE
-from clare_dist.rules import apply_rules, self_inconsistent
+from clare_dist.rules import apply_rules, layout_check, self_inconsistent
 from clare_dist.runs import EVALUATION_FILES
 
 logger = logging.getLogger(__name__)
@@ -83,12 +86,10 @@ def _verdict(evaluation: RunEvaluation) -> str:
 
 def _layout_check(evaluation: RunEvaluation) -> str:
     """Whether a perfect regressor would be decided right: R4 at each reference's own point."""
-    wrong = self_inconsistent(evaluation.references)
-    if not wrong:
-        return "**Reference layout:** R4 decides each of the 26 references correctly at its own point."
-    listed = ", ".join(f"{name} → {decided}" for name, decided in wrong)
-    return (f"**Reference layout:** at its own point, R4 decides {len(wrong)} of the 26 references as another "
-            f"combination ({listed}): scans of these combinations are decided wrong even by a perfect regressor.")
+    line = f"**Reference layout:** {layout_check(evaluation.references)}"
+    if not self_inconsistent(evaluation.references):
+        return f"{line}: a perfect regressor would be decided right for every combination."
+    return f"{line}: scans of these combinations are decided wrong even by a perfect regressor."
 
 
 def _fair_section(evaluation: RunEvaluation) -> list[str]:
@@ -162,11 +163,41 @@ def evaluation_markdown(evaluation: RunEvaluation) -> str:
         "nearest abnormal one) orders the worklist of `clare-dist embed`; neither score has a threshold, so "
         "nothing here is chosen on the fold it is scored on.",
         metrics.to_markdown(_triage_table(evaluation)),
+        *_ood_section(evaluation),
         f"Figures: `{EVALUATION_FILES['fig4']}` (test predictions per combination on the reference space, as the "
         f"paper's Fig. 4) and `{EVALUATION_FILES['roc_pr']}` (baseline ROC and PR curves pooled over the evaluated "
         "folds, with R4's operating point per class).",
     ]
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+
+
+def _ood_section(evaluation: RunEvaluation) -> list[str]:
+    """The "needs human review" flag: the share it flags of in-distribution scans and of outliers."""
+    title = "## Needs human review: the out-of-distribution flag"
+    ood = evaluation.ood
+    if ood is None:
+        return [title, "Not available: this run's folds hold no OOD scores (they were trained before clare-dist "
+                       "fitted them); retrain the folds for these figures, and for a bundle that flags scans."]
+    rows = ood.flagged.copy()
+    rows.index = rows.index.astype(str)
+    table = pd.concat([metrics.format_mean_std(rows * 100, rows * np.nan, digits=1),
+                       metrics.format_mean_std(pd.DataFrame([ood.mean() * 100], index=["mean"]),
+                                               pd.DataFrame([ood.std() * 100], index=["mean"]), digits=1)]).T
+    table = table.rename_axis("Flagged scans (%)")
+    verdict = "meets" if ood.meets_targets else "does not meet"
+    mean = ood.mean()
+    return [title,
+            "A scan is flagged when its OOD score (the Mahalanobis distance of the regressor's penultimate features to "
+            "the training images', in units of the threshold) is above 1. Each fold fitted the threshold on its "
+            "validation fold so that at most 5 % of those scans are flagged, and is scored here on its test fold, which "
+            "the fit never saw, and on outliers made of its first test scans (`clare_dist/synth/outliers.py`: rotated "
+            "90°, inverted, nearly blank, nearly saturated, a heavy crop, noise, a gradient, a natural-looking texture). "
+            f"Share flagged per fold, mean ± std over the folds; targets: at most {ID_TARGET:.0%} of the test scans, at "
+            f"least {OUTLIER_TARGET:.0%} of the outliers.",
+            metrics.to_markdown(table),
+            f"**The flag {verdict} both targets:** {100 * mean[OOD_TEST]:.1f} % of in-distribution test scans and "
+            f"{100 * mean[OOD_OUTLIERS]:.1f} % of the outliers are flagged for human review."]
+
 
 def _triage_table(evaluation: RunEvaluation) -> pd.DataFrame:
     per_fold = evaluation.triage_auroc.astype(float)
@@ -194,6 +225,7 @@ def evaluation_document(evaluation: RunEvaluation) -> dict[str, Any]:
             "mse": {"mean": evaluation.regression_mse, "std": finite_or_none(evaluation.regression_mse_std)},
             "by_combination": _table_json(evaluation.mse_by_combination.astype(float)),
         },
+        "ood": None if evaluation.ood is None else evaluation.ood.to_json(),
         "folds": {
             str(e.fold): {
                 "images": e.n_images,

@@ -99,8 +99,16 @@ class ScanNet(nn.Module):
         # and exports as two element-wise ops.
         return (scans.float() / 255.0 - self.mean) / self.std
 
+    def features(self, scans: torch.Tensor) -> torch.Tensor:
+        """The penultimate (pooled) features, N×D: what the head reads, and what the out-of-distribution
+        score (`clare_dist.ood`) compares with the training archive's."""
+        net = self.backbone
+        x = net.maxpool(net.relu(net.bn1(net.conv1(self.preprocess(scans)))))
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        return torch.flatten(net.avgpool(x), 1)
+
     def forward(self, scans: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.preprocess(scans))
+        return self.backbone.fc(self.features(scans))  # torchvision's ResNet.forward, the features kept apart
 
 
 class BackboneLoad(NamedTuple):

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, NO_FINDING
-from clare_dist.rules import References
+from clare_dist.rules import References, layout_check, self_inconsistent
 
 if TYPE_CHECKING:
     from clare_dist.result import Screening
@@ -69,6 +69,20 @@ def reference_space_figure(
         ax.scatter(pts[:, 0], pts[:, 1], marker="+", s=90, color="red", zorder=5)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def reference_layout_figure(references: References) -> Figure:
+    """references.png: the reference space under its layout check, each reference that R4 decides as
+    another combination at its own point (wrong even for a perfect regressor) ringed in red, with
+    what R4 decides there."""
+    fig = reference_space_figure(references, title=f"Reference space (Phase I): {layout_check(references, listed=False)}")
+    ax = fig.axes[0]
+    for name, decided in self_inconsistent(references):
+        x, y = references.coords[references.names.index(name)]
+        ax.scatter([x], [y], s=240, facecolors="none", edgecolors="red", linewidths=1.5, zorder=6)
+        ax.annotate(f"R4: {decided}", (x, y), xytext=(4, -10), textcoords="offset points", fontsize=6.5,
+                    color="red", zorder=6)
     return fig
 
 

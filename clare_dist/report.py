@@ -26,8 +26,10 @@ from clare_dist.atomic import write_text_atomic
 from clare_dist.bundle import Bundle
 from clare_dist.encode.parquet_row import from_row
 from clare_dist.labels import COMBINATION_INDEX
+from clare_dist.ood import review_note
 from clare_dist.pacs.errors import PACS_ERROR_KINDS, SKIP_KINDS
 from clare_dist.result import INTENDED_USE, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, Screening
+from clare_dist.rules import layout_check
 from clare_dist.scans import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.screening import THUMBNAIL_SIZE, case_images, decode
 from clare_dist.triage import WORKLIST_FILE, worklist
@@ -73,6 +75,7 @@ def write_report(out_dir: Path, results: pd.DataFrame, bundle: Bundle, index: Ca
     sections = [
         _summary(results, bundle),
         _reading_order(results, bundle),
+        _needs_review(ok),
         _counts(ok),
         _reference_space(ok, bundle, seed),
         _failures(results[results["status"] == STATUS_ERROR]),
@@ -98,8 +101,11 @@ def _summary(results: pd.DataFrame, bundle: Bundle) -> str:
         ("Failed (error)", f"{n_error:,}"),
         *([("Skipped (outside what is screened)", f"{n_skipped:,}")] if n_skipped else []),
         *_stored_rows(results),
+        ("Needs human review", f"{int(results['needs_review'].eq(True).sum()):,}" if results["needs_review"].notna().any()
+         else "not checked (a model bundle without the OOD score)"),
         ("Model version", escape(bundle.model_version)),
         ("Model", escape(f"{bundle.manifest.get('backbone', '?')}, {bundle.image_size} px input")),
+        ("Reference layout", escape(layout_check(bundle.references))),
         ("Report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
     ]
     table = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>\n" for name, value in rows)
@@ -171,6 +177,36 @@ def _reading_order(results: pd.DataFrame, bundle: Bundle) -> str:
         for row in order.head(WORKLIST_SHOWN).itertuples()
     )
     return html + "</tbody>\n</table>\n"
+
+
+def _needs_review(ok: pd.DataFrame) -> str:
+    """The scans the model should not judge alone, apart: outside what it knows (`clare_dist.ood`)."""
+    html = "<h2>Needs human review</h2>\n"
+    unchecked = int(ok["needs_review"].isna().sum())
+    if unchecked == len(ok) and len(ok):
+        note = review_note(None, None)
+        return html + (f'<p class="warn">{escape(note[0].upper() + note[1:])}. Every decision below is given '
+                       "without knowing whether the scan lies within what the model knows.</p>\n")
+    flagged = ok[ok["needs_review"].eq(True).to_numpy(dtype=bool)].sort_values(["ood_score", "scan_id"],
+                                                                           ascending=[False, True], kind="mergesort")
+    if unchecked:  # rows of a run resumed with another bundle
+        html += f'<p class="warn">{unchecked:,} screened scans were not checked: {escape(review_note(None, None))}.</p>\n'
+
+    html += (f"<p>{len(flagged):,} of {len(ok):,} screened scans lie outside what the model knows (OOD score above 1: "
+             "the Mahalanobis distance of the regressor's features to the training archive's, in units of the threshold "
+             "fitted on validation scans). Their decisions are not to be relied on; they come after the ranked scans in "
+             f"<code>{WORKLIST_FILE}</code>.</p>\n")
+    if flagged.empty:
+        return html
+    html += ('<table id="needs-review">\n<thead><tr><th>Scan id</th><th>OOD score</th><th>Decision (not to be relied on)'
+             "</th></tr></thead>\n<tbody>\n")
+    html += "".join(f'<tr><td><code>{escape(str(row.scan_id))}</code></td><td class="n">{row.ood_score:.2f}</td>'
+                    f"<td>{escape(str(row.combination))}</td></tr>\n" for row in flagged.head(MAX_FAILURES).itertuples())
+    html += "</tbody>\n</table>\n"
+    if len(flagged) > MAX_FAILURES:
+        html += (f"<p>The first {MAX_FAILURES:,} are listed; all {len(flagged):,} are in the results Parquet files "
+                 "(needs_review = true) and the worklist.</p>\n")
+    return html
 
 
 def _failures(errors: pd.DataFrame, skipped: bool = False) -> str:

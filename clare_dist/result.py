@@ -7,6 +7,10 @@ output (DICOM SR, FHIR) is one more encoder. A scan that could not be screened i
 too, with status "error", the ScanError kind and its reason, and nothing else; so is one that was
 deliberately not screened (status "skipped": a lateral view a PACS query listed, say).
 
+Every screened scan also says whether it `needs_review`: its out-of-distribution score
+(`clare_dist.ood`) lies above the threshold, so the model should not judge it alone. A bundle
+exported before that score existed screens with both left None: not checked, which is not "fine".
+
 Results carry a scan id (the file name, an archive path or an id the caller gives), never
 patient data.
 """
@@ -37,8 +41,9 @@ class SimilarCase:
 @dataclass(frozen=True)
 class Screening:
     """Everything said about one scan: its point, the R4 decision and its classes, the top 3
-    references with distances, why (the sentence), similar known cases, and the model that said
-    it — or, with status "error", why the scan could not be screened."""
+    references with distances, why (the sentence), similar known cases, whether it lies outside what
+    the model knows (`ood_score` above 1: `needs_review`), and the model that said it — or, with
+    status "error", why the scan could not be screened."""
 
     scan_id: str
     model_version: str
@@ -58,6 +63,8 @@ class Screening:
     explanation: str | None = None
     similar_cases: list[SimilarCase] = field(default_factory=list)
     similar_note: str | None = None
+    ood_score: float | None = None
+    needs_review: bool | None = None
 
     @classmethod
     def failed(cls, scan_id: str, kind: str, reason: str, model_version: str) -> Screening:
@@ -72,6 +79,12 @@ class Screening:
     @property
     def ok(self) -> bool:
         return self.status == STATUS_OK
+
+    @property
+    def ood_checked(self) -> bool:
+        """Whether the model said if the scan lies within what it knows (bundles before the OOD
+        score cannot)."""
+        return self.needs_review is not None
 
     @property
     def classes(self) -> dict[str, int | None]:

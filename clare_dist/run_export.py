@@ -1,5 +1,6 @@
 """A finished run becomes a model bundle: its regressor (one fold's or the fold ensemble) exported
-to ONNX, checked against torch on the run's own scans, with the evaluation's headline metrics.
+to ONNX, checked against torch on the run's own scans, with the evaluation's headline metrics and,
+where the (first) fold fitted them, its OOD statistics as the graph's second output.
 
 Apart from the run's layout (`runs.py`) because it needs ONNX, ONNX Runtime and the decoders,
 which the training workers that ask the layout for their paths do not.
@@ -28,12 +29,15 @@ from clare_dist.runs import (
     EVALUATION_FILES,
     EXPORT_DIR,
     LABELS_FILE,
+    OOD_STATISTICS_FILE,
     best_weights,
     file_sha256,
     finished_folds,
     fold_dir,
     fold_settings,
+    load_ood_statistics,
 )
+from clare_dist.ood import manifest_entry
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
 from clare_dist.scans.preprocessing import DEFAULT_PREPROCESSING, LEGACY_PREPROCESSING
 
@@ -70,14 +74,21 @@ def export_run(run: Path, images: Sequence[np.ndarray], fold: int | None = None,
         model.load_state_dict(torch.load(best_weights(fold_dir(run, f), "regressor"), map_location="cpu", weights_only=True))
         models.append(model.eval())
     onnx_path = run / EXPORT_DIR / "regressor.onnx"
-    report = export_regressor(models, onnx_path, settings["image_size"], images)
+    statistics = load_ood_statistics(fold_dir(run, folds[0]) / OOD_STATISTICS_FILE)
+    if statistics is None:
+        log.warning("fold %d has no OOD statistics (trained before them): the bundle's scans will not be checked "
+                    "for out-of-distribution input; retrain the folds to add it", folds[0])
+    report = export_regressor(models, onnx_path, settings["image_size"], images, statistics=statistics)
     evaluation = run / EVALUATION_DIR / EVALUATION_FILES["json"]
     headline = json.loads(evaluation.read_text()).get("headline", {}) if evaluation.exists() else {}
+    ood = None if statistics is None else manifest_entry(
+        statistics, f"penultimate (pooled) features of fold {folds[0]}'s regressor", report.ood_max_rel_diff)
     bundle = write_bundle(
         run / BUNDLE_DIR, onnx_path, run / REFERENCES_FILE,
         backbone=settings["backbone"], image_size=settings["image_size"], folds=folds, ensemble=ensemble,
         metrics={**headline, "onnx_max_abs_diff": report.max_abs_diff}, data_hash=file_sha256(run / LABELS_FILE)[:16],
         preprocessing_id=run_preprocessing(settings),
+        ood=ood,
     )
     os.remove(onnx_path)
     return bundle

@@ -2,8 +2,9 @@
 
 A run holds `labels.parquet` and `references.json` (copied in at the start, so the fold
 assignment and the coordinate system are saved with the run), `fold_k/` per fold (each phase's
-`last.pt`, `best.pt` and `history.json` in `fold_k/<phase>/`, then `predictions.parquet` and,
-last, `done.json`), `evaluation/`, `bundle/`, and Ray's own records in `ray/`. Training,
+`last.pt`, `best.pt` and `history.json` in `fold_k/<phase>/`, then the OOD statistics
+`ood_statistics.npz` and `outlier_predictions.parquet`, `validation_predictions.parquet`,
+`predictions.parquet` and, last, `done.json`), `evaluation/`, `bundle/`, and Ray's own records in `ray/`. Training,
 evaluation, the export and the jobs ask this module where things are, so the layout can change
 in one place. The export of a run as a model bundle is `run_export.py`: a Ray Train worker that
 asks for its fold's paths does not import ONNX.
@@ -16,7 +17,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
+from clare_dist.atomic import atomic_path
 from clare_dist.errors import ClareError
+from clare_dist.ood import FeatureStatistics
 from clare_dist.reference_file import REFERENCES_FILE
 
 LABELS_FILE = "labels.parquet"
@@ -27,6 +32,8 @@ RAY_DIR = "ray"  # Ray Tune's and Ray Train's storage_path
 DONE_FILE = "done.json"
 PREDICTIONS_FILE = "predictions.parquet"  # the test fold's
 VALIDATION_PREDICTIONS_FILE = "validation_predictions.parquet"  # the validation fold's: where thresholds are fitted
+OOD_STATISTICS_FILE = "ood_statistics.npz"  # the regressor's training features and OOD threshold (clare_dist.ood)
+OUTLIER_PREDICTIONS_FILE = "outlier_predictions.parquet"  # OOD scores of outliers made of the test fold's scans
 BEST_WEIGHTS = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 HISTORY_FILE = "history.json"
@@ -97,6 +104,22 @@ def init_run(run: Path, labels: Path, references: Path) -> None:
                 raise RunError(f"{run} was started with a different {name}; use a new --out, or the original file")
         else:
             shutil.copyfile(source, target)
+
+
+def save_ood_statistics(statistics: FeatureStatistics, path: Path) -> Path:
+    """A fold's OOD statistics as `ood_statistics.npz`, written whole or not at all."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **statistics.arrays())
+    return path
+
+
+def load_ood_statistics(path: Path) -> FeatureStatistics | None:
+    """A fold's OOD statistics, or None for a fold trained before they existed."""
+    if not path.is_file():
+        return None
+    with np.load(path) as arrays:
+        return FeatureStatistics.from_arrays(arrays)
 
 
 def file_sha256(path: Path) -> str:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
+
+from clare_dist.ood import OOD_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,22 @@ def open_session(path: str | os.PathLike, threads: int | None = None, prefer_gpu
     return session
 
 
-def run_regressor(session: ort.InferenceSession, scans: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Coordinates (N×2 float32) for N×H×W uint8 scans, in batches of `batch_size`."""
+class Regression(NamedTuple):
+    """What the graph says of N scans: their points and, where the graph has that output, their
+    out-of-distribution scores (`clare_dist.ood`; None for a bundle exported before it)."""
+
+    coords: np.ndarray  # N×2 float32
+    ood_scores: np.ndarray | None  # N float32
+
+
+def has_ood_score(session: ort.InferenceSession) -> bool:
+    """Whether the graph has the out-of-distribution score as its second output."""
+    return OOD_OUTPUT in [output.name for output in session.get_outputs()]
+
+
+def run_regressor(session: ort.InferenceSession, scans: np.ndarray, batch_size: int = 32) -> Regression:
+    """Coordinates (N×2 float32) and OOD scores (N float32, or None) for N×H×W uint8 scans, in
+    batches of `batch_size`."""
     if scans.ndim != 3 or scans.dtype != np.uint8:
         raise ValueError(f"run_regressor takes N×H×W uint8 scans; got {scans.dtype} {scans.shape}")
     if batch_size <= 0:
@@ -65,7 +82,11 @@ def run_regressor(session: ort.InferenceSession, scans: np.ndarray, batch_size: 
     expected = session.get_inputs()[0].shape[2:]
     if list(scans.shape[1:]) != expected:
         raise ValueError(f"the model takes {expected[0]}×{expected[1]} scans; got {scans.shape[1]}×{scans.shape[2]}")
+    with_ood = has_ood_score(session)
     if len(scans) == 0:
-        return np.zeros((0, 2), np.float32)
+        return Regression(np.zeros((0, 2), np.float32), np.zeros(0, np.float32) if with_ood else None)
+    names = [OUTPUT_NAME, OOD_OUTPUT] if with_ood else [OUTPUT_NAME]
     batches = [np.ascontiguousarray(scans[i : i + batch_size, None]) for i in range(0, len(scans), batch_size)]
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: b})[0] for b in batches])
+    outputs = [session.run(names, {INPUT_NAME: b}) for b in batches]
+    return Regression(np.concatenate([o[0] for o in outputs]),
+                      np.concatenate([o[1] for o in outputs]) if with_ood else None)

@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Regression:
-    """One scan's point, how it was computed (scans in its batch, ORT threads that ran it) and the
+    """One scan's point and OOD score, how it was computed (scans in its batch, ORT threads that ran it) and the
     seconds it waited for a worker, spent decoding and spent regressing its batch."""
 
     coords: np.ndarray
+    ood_score: float | None  # None: the bundle's graph has no OOD score
     batch_size: int
     threads: int
     seconds: dict[str, float]
@@ -156,13 +157,14 @@ class ScanWorkers:
         session, threads = self._session_for(len(scans))
         start = time.perf_counter()
         try:
-            coords = run_regressor(session, np.stack(scans), batch_size=len(scans))
+            regression = run_regressor(session, np.stack(scans), batch_size=len(scans))
         except Exception as err:  # ONNX Runtime raises its own pybind types; each caller of the batch gets it
             log.exception("ONNX Runtime failed on a batch of %d scans", len(scans))
             return outcomes + [(future, err) for future in futures]
         regress_s = time.perf_counter() - start
-        return outcomes + [(future, Regression(point, len(scans), threads, own | {"regress": regress_s}))
-                           for future, point, own in zip(futures, coords, seconds)]
+        scores = [None] * len(futures) if regression.ood_scores is None else list(regression.ood_scores)
+        return outcomes + [(future, Regression(point, score, len(scans), threads, own | {"regress": regress_s}))
+                           for future, point, score, own in zip(futures, regression.coords, scores, seconds)]
 
     def _session_for(self, batch: int):
         """(session, its intra-op threads): every core for a lone scan while no other worker is busy."""

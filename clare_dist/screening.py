@@ -24,9 +24,10 @@ import onnxruntime as ort
 from clare_dist.bundle import Bundle
 from clare_dist.explanation import explanation
 from clare_dist.labels import CLASSES
+from clare_dist.ood import needs_review
 from clare_dist.result import DEFAULT_K, INTENDED_USE, Screening, SimilarCase
 from clare_dist.rules import References, RuleResult, apply_rules
-from clare_dist.runtime import open_session, run_regressor
+from clare_dist.runtime import Regression, open_session, run_regressor
 from clare_dist.scans import ScanConfig, ScanError, ScanSource, preprocess_scan
 
 if TYPE_CHECKING:
@@ -57,8 +58,9 @@ def decode(source: ScanSource, config: ScanConfig) -> np.ndarray:
     return preprocess_scan(source, config)
 
 
-def regress(session: ort.InferenceSession, scans: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """N×2 coordinates of N×S×S uint8 scans, batched through ONNX Runtime."""
+def regress(session: ort.InferenceSession, scans: np.ndarray, batch_size: int = 32) -> Regression:
+    """N×2 coordinates and N OOD scores (None for a graph without them) of N×S×S uint8 scans,
+    batched through ONNX Runtime."""
     return run_regressor(session, scans, batch_size=batch_size)
 
 
@@ -94,9 +96,12 @@ def assemble(
     sentences: Sequence[str],
     similar_cases: SimilarResult,
     model_version: str,
+    ood_scores: np.ndarray | None = None,
 ) -> list[Screening]:
-    """Row-aligned stage outputs → one Screening per scan."""
+    """Row-aligned stage outputs → one Screening per scan (`ood_scores` None: the graph has none)."""
     bits = rules.bits["r4"]
+    scores = [None] * len(scan_ids) if ood_scores is None else [float(s) for s in np.asarray(ood_scores, np.float32)]
+    flags = [None] * len(scan_ids) if ood_scores is None else [bool(f) for f in needs_review(scores)]
     return [
         Screening(
             scan_id=scan_id,
@@ -109,6 +114,8 @@ def assemble(
             explanation=sentences[i],
             similar_cases=similar_cases.cases[i],
             similar_note=similar_cases.notes[i],
+            ood_score=scores[i],
+            needs_review=flags[i],
             model_version=model_version,
         )
         for i, scan_id in enumerate(scan_ids)
@@ -116,8 +123,9 @@ def assemble(
 
 
 def screen_points(coords: np.ndarray, scan_ids: Sequence[str], references: References, index: CaseIndex | None,
-                  model_version: str, k: int = DEFAULT_K) -> list[Screening]:
-    """Everything after regression, for N points: rules, sentences, similar cases, results.
+                  model_version: str, k: int = DEFAULT_K, ood_scores: np.ndarray | None = None) -> list[Screening]:
+    """Everything after regression, for N points (and their OOD scores, where the graph gives
+    them): rules, sentences, similar cases, the review flag, results.
 
     The stages that need no model: the serving chain runs them on CPU replicas apart from
     the regressor, `Screener` right after it.
@@ -125,9 +133,11 @@ def screen_points(coords: np.ndarray, scan_ids: Sequence[str], references: Refer
     if k <= 0:
         raise ValueError(f"k (the number of similar cases) must be positive; got {k}")
     coords = np.asarray(coords, dtype=np.float32).reshape(-1, 2)
+    if ood_scores is not None and len(ood_scores) != len(coords):
+        raise ValueError(f"got {len(ood_scores)} OOD scores for {len(coords)} points; give one per point or None")
     rules = classify(coords, references)
     found = similar(index, coords, list(rules.decision), k)
-    return assemble(scan_ids, coords, rules, explain(rules), found, model_version)
+    return assemble(scan_ids, coords, rules, explain(rules), found, model_version, ood_scores)
 
 
 def case_thumbnail(index: CaseIndex, case_id: str, images_root: str | os.PathLike | None = None,
@@ -217,8 +227,9 @@ class Screener:
 
     def screen_decoded(self, scans: np.ndarray, scan_ids: Sequence[str], k: int = DEFAULT_K) -> list[Screening]:
         """Screen scans already decoded to N×S×S uint8 (the batch job decodes in other tasks)."""
-        coords = regress(self.session, scans, self.batch_size)
-        return screen_points(coords, scan_ids, self.bundle.references, self.index, self.bundle.model_version, k)
+        regression = regress(self.session, scans, self.batch_size)
+        return screen_points(regression.coords, scan_ids, self.bundle.references, self.index, self.bundle.model_version,
+                             k, regression.ood_scores)
 
     def case_images(self, screening: Screening, images_root: str | os.PathLike | None = None,
                     size: int = THUMBNAIL_SIZE) -> list[tuple[str, str, float, np.ndarray | None]]:

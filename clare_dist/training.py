@@ -3,7 +3,9 @@
 This is what a Ray Train worker runs (jobs/train_cv.py), and what a laptop runs directly.
 Every epoch ends with an atomic checkpoint in the fold's directory, so an interrupted fold
 continues at the next epoch and a finished phase is never trained again. The regressor starts
-from the baseline's best weights, as in the paper.
+from the baseline's best weights, as in the paper. A trained fold then fits its out-of-distribution
+statistics (`clare_dist.ood_fit`) and predicts its validation and test folds, the OOD score beside
+the coordinates, and scores the outliers made of its test scans.
 """
 
 from __future__ import annotations
@@ -29,16 +31,21 @@ from clare_dist.evaluation import PREDICTION_COLUMNS
 from clare_dist.labels import CLASSES
 from clare_dist.losses import LOSSES, regression_loss
 from clare_dist.models import ModelConfig, ScanNet, build_model, load_backbone_from
+from clare_dist.ood import OOD_OUTPUT, FeatureStatistics
+from clare_dist.ood_fit import OUTLIER_SCANS, features_and_coords, fit_fold_statistics, outlier_scores
 from clare_dist.rules import References
 from clare_dist.scans.preprocessing import DEFAULT_PREPROCESSING, preprocessing
 from clare_dist.runs import (
     DONE_FILE,
     HISTORY_FILE,
     LAST_CHECKPOINT,
+    OOD_STATISTICS_FILE,
+    OUTLIER_PREDICTIONS_FILE,
     PREDICTIONS_FILE,
     VALIDATION_PREDICTIONS_FILE,
     best_weights,
     phase_dir,
+    save_ood_statistics,
 )
 
 log = logging.getLogger(__name__)
@@ -217,8 +224,10 @@ def predict(model: ScanNet, dataset: ScanDataset, config: TrainConfig) -> np.nda
 
 def train_fold(fold: int, table: pd.DataFrame, image_root: str | os.PathLike, references: References,
                fold_dir: str | os.PathLike, config: TrainConfig, report: Reporter | None = None) -> Path:
-    """Baseline, then regressor, then their predictions on the test fold and on the validation fold
-    (where the evaluation's fair protocol fits every threshold); skipped when already done."""
+    """Baseline, then regressor, then the OOD statistics (fitted on the training images, the threshold
+    on the validation fold), then their predictions on the test fold and on the validation fold
+    (where the evaluation's fair protocol fits every threshold) and the outliers' OOD scores;
+    skipped when already done."""
     fold_dir = Path(fold_dir)
     if (fold_dir / DONE_FILE).exists():
         log.info("fold %d: already done, nothing to train", fold)
@@ -234,9 +243,19 @@ def train_fold(fold: int, table: pd.DataFrame, image_root: str | os.PathLike, re
     for phase, head in (("baseline", "classification"), ("regressor", "regression")):
         models[phase] = build_model(ModelConfig(backbone=config.backbone, head=head)).to(device)
         models[phase].load_state_dict(torch.load(weights[phase], map_location=device, weights_only=True))
+    statistics = fit_fold_statistics(models["regressor"], data, config.image_size, config.batch_size, config.seed + fold)
+    save_ood_statistics(statistics, fold_dir / OOD_STATISTICS_FILE)
+    log.info("fold %d: OOD threshold %.4g fitted on %d validation images (%.1f%% of them flagged)", fold,
+             statistics.threshold, statistics.validation_images, 100 * statistics.validation_flagged)
+    test_scans = data.dataset("test", "bits", references, config)
+    first = range(min(OUTLIER_SCANS, len(test_scans)))
+    outliers = outlier_scores(models["regressor"], statistics, np.stack([test_scans[i][0][0].numpy() for i in first]),
+                              list(data.test["image_index"].iloc[list(first)]), config.batch_size, config.seed + fold)
+    with atomic_path(fold_dir / OUTLIER_PREDICTIONS_FILE) as tmp:
+        outliers.to_parquet(tmp, index=False)
     path = fold_dir / PREDICTIONS_FILE
     for part, name in (("validation", VALIDATION_PREDICTIONS_FILE), ("test", PREDICTIONS_FILE)):  # the test fold's last
-        predictions = _predictions(models, data, part, references, config)
+        predictions = _predictions(models, data, part, references, config, statistics)
         with atomic_path(fold_dir / name) as tmp:
             predictions.to_parquet(tmp, index=False)
     write_json_atomic(fold_dir / DONE_FILE, {"fold": fold, "config": asdict(config), "test_images": len(predictions)})
@@ -245,9 +264,11 @@ def train_fold(fold: int, table: pd.DataFrame, image_root: str | os.PathLike, re
 
 
 def _predictions(models: dict[str, nn.Module], data: FoldData, part: str, references: References,
-                 config: TrainConfig) -> pd.DataFrame:
-    """Both models' outputs on one part of the fold (test or validation), in PREDICTION_COLUMNS."""
-    coords = predict(models["regressor"], data.dataset(part, "coords", references, config), config)
+                 config: TrainConfig, statistics: FeatureStatistics) -> pd.DataFrame:
+    """Both models' outputs on one part of the fold (test or validation), in PREDICTION_COLUMNS, and
+    the regressor's OOD score (`ood_score`)."""
+    scans = _loader(data.dataset(part, "coords", references, config), config, False, 0)
+    features, coords = features_and_coords(models["regressor"], scans)
     logits = predict(models["baseline"], data.dataset(part, "bits", references, config), config)
     table = getattr(data, part)
     predictions = table[["image_index", "fold", "combination", *CLASSES]].copy()
@@ -255,4 +276,5 @@ def _predictions(models: dict[str, nn.Module], data: FoldData, part: str, refere
     probabilities = 1 / (1 + np.exp(-logits))
     for i, code in enumerate(CLASSES):
         predictions[f"p_{code}"] = probabilities[:, i]
-    return predictions[PREDICTION_COLUMNS]
+    predictions[OOD_OUTPUT] = statistics.scores(features)
+    return predictions[[*PREDICTION_COLUMNS, OOD_OUTPUT]]

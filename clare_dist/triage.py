@@ -10,6 +10,11 @@ share of the way from No Finding to the nearest abnormal reference,
 0 on the No Finding reference, 1 on an abnormal one, 0.5 where both are as near. It ranks; it
 does not decide (the R4 decision does), so nothing in it is chosen from data, and its quality is
 measured as the AUROC for "any finding" on the cross-validation test folds (evaluation.py).
+
+A scan flagged for human review (`clare_dist.ood`: outside what the model knows) gets no place in
+that ranking: its point, and so its triage score, is not to be relied on. The flagged scans form a
+group of their own after the ranked ones, the most unusual first, and the scans that could not be
+screened come last.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import pandas as pd
 
 from clare_dist.atomic import atomic_path
 from clare_dist.labels import NO_FINDING
+from clare_dist.ood import review_note
 from clare_dist.result import STATUS_OK
 from clare_dist.rules import References
 
 WORKLIST_FILE = "worklist.csv"
-WORKLIST_COLUMNS: tuple[str, ...] = ("rank", "scan_id", "status", "triage_score", "decision", "why")
+WORKLIST_COLUMNS: tuple[str, ...] = ("rank", "scan_id", "status", "needs_review", "triage_score", "decision", "why")
 
 
 def triage_scores(coords: np.ndarray, references: References) -> np.ndarray:
@@ -40,16 +46,25 @@ def triage_scores(coords: np.ndarray, references: References) -> np.ndarray:
 
 
 def worklist(results: pd.DataFrame, references: References) -> pd.DataFrame:
-    """`results` as the batch job writes them (`batch.read_results`). The screened scans in reading order, most likely abnormal first, with the decision and why;
-    the scans that could not be screened follow, each with its reason (a person must look at them)."""
-    ok = results[results["status"] == STATUS_OK].copy()
+    """`results` as the batch job writes them (`batch.read_results`). The screened scans in reading
+    order, most likely abnormal first, with the decision and why; then the scans flagged for human
+    review, the most unusual first; then the scans that could not be screened, each with its reason
+    (a person must look at both)."""
+    if "needs_review" not in results.columns:  # a table of results from before the flag
+        results = results.assign(needs_review=None, ood_score=np.nan)
+    screened = results[results["status"] == STATUS_OK]
+    flagged = screened["needs_review"].eq(True).to_numpy(dtype=bool)
+    ok = screened[~flagged].copy()
     ok["triage_score"] = triage_scores(ok[["x", "y"]].to_numpy(dtype=np.float64), references).round(4)
     ok = ok.sort_values(["triage_score", "scan_id"], ascending=[False, True], kind="mergesort")
     ok["decision"], ok["why"] = ok["combination"], ok["explanation"]
+    review = screened[flagged].sort_values(["ood_score", "scan_id"], ascending=[False, True], kind="mergesort").copy()
+    review["triage_score"], review["decision"] = np.nan, review["combination"]
+    review["why"] = [review_note(True, score) for score in review["ood_score"]]
     failed = results[results["status"] != STATUS_OK].sort_values("scan_id", kind="mergesort").copy()
-    failed["triage_score"], failed["decision"] = np.nan, None
+    failed["triage_score"], failed["decision"], failed["needs_review"] = np.nan, None, None
     failed["why"] = "not screened (" + failed["error"].astype(str).str.replace(": ", "): ", n=1, regex=False)
-    ordered = pd.concat([ok, failed], ignore_index=True)
+    ordered = pd.concat([ok, review, failed], ignore_index=True)
     ordered["rank"] = np.arange(1, len(ordered) + 1)
     return ordered[list(WORKLIST_COLUMNS)]
 

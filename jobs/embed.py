@@ -37,6 +37,7 @@ from clare_dist.batch import (
 from clare_dist.bundle import load_bundle
 from clare_dist.pacs.stages import Pacs
 from clare_dist.encode.parquet_row import to_table
+from clare_dist.ood import OOD_OUTPUT
 from clare_dist.result import DEFAULT_K
 from clare_dist.runtime import open_session, run_regressor
 from clare_dist.report import write_report
@@ -85,8 +86,10 @@ class RegressBatch:
         self.session = open_session(onnx_path, threads=threads, spinning=False)  # decode tasks share the cores
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        coords = run_regressor(self.session, batch["scan"], batch_size=len(batch["scan"]))
-        return {key: value for key, value in batch.items() if key != "scan"} | {"x": coords[:, 0], "y": coords[:, 1]}
+        regression = run_regressor(self.session, batch["scan"], batch_size=len(batch["scan"]))
+        scores = {} if regression.ood_scores is None else {OOD_OUTPUT: regression.ood_scores}
+        return ({key: value for key, value in batch.items() if key != "scan"}
+                | {"x": regression.coords[:, 0], "y": regression.coords[:, 1]} | scores)
 
 
 @lru_cache(maxsize=2)

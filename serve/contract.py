@@ -78,6 +78,11 @@ class ScreeningAnswer(BaseModel):
     explanation: str = Field(description="the decision in a sentence")
     similar_cases: list[SimilarCase] = Field(description="the k known cases of the decision nearest to the scan's point, nearest first")
     similar_note: str | None = Field(description="why there are fewer than k similar cases, if there are")
+    needs_review: bool | None = Field(description="true: the scan lies outside what the model knows (its OOD score is above 1), "
+                                      "so a person must judge it and the decision above is not to be relied on; null: the "
+                                      "model bundle has no OOD score (exported before it), so this was not checked")
+    ood_score: float | None = Field(ge=0, description="how unlike the training archive the scan is: the Mahalanobis distance of "
+                                    "the regressor's features, in units of the threshold fitted on validation scans (1)")
     intended_use: str
 
 

@@ -54,7 +54,7 @@ class _LocalStages:
         return raise_failed(await self.run(self.decoder, body, rid, thumbnail))
 
     async def plot(self, regressed: Regressed, rid: str, k: int, decoded: DecodedScan) -> bytes:
-        return await self.run(self.cases.plot, regressed.coords, rid, k, decoded.thumbnail)
+        return await self.run(self.cases.plot, regressed, rid, k, decoded.thumbnail)
 
     def versions(self) -> dict[str, str | None]:
         return {"Preprocessor": self.decoder.ready(), "CaseLookup": self.cases.ready()}
@@ -72,12 +72,12 @@ class SinglePipeline:
 
     async def screen(self, body: bytes, rid: str, k: int) -> Outcome:
         done = await asyncio.wrap_future(self.workers.submit(body))
-        return self.local.cases.screen(Regressed(done.coords, done.seconds), rid, k)
+        return self.local.cases.screen(Regressed(done.coords, done.ood_score, done.seconds), rid, k)
 
     async def plot(self, body: bytes, rid: str, k: int) -> tuple[bytes, dict[str, float]]:
         decoded = await self.local.decode(body, rid, thumbnail=True)
         done = await asyncio.wrap_future(self.workers.submit(decoded.scan))
-        regressed = Regressed(done.coords, decoded.seconds | {"queue": done.seconds["queue"], "regress": done.seconds["regress"]})
+        regressed = Regressed(done.coords, done.ood_score, decoded.seconds | {"queue": done.seconds["queue"], "regress": done.seconds["regress"]})
         return await self.local.plot(regressed, rid, k, decoded), regressed.seconds
 
     async def case_image(self, case_id: str) -> tuple[bytes | None, str]:
@@ -125,7 +125,7 @@ class ChainPipeline:
     async def plot(self, body: bytes, rid: str, k: int) -> tuple[bytes, dict[str, float]]:
         decoded = raise_failed(await self.preprocessor.remote(body, rid, True))
         regressed = await self.regressor.remote(decoded)
-        return await self.lookup.plot.remote(regressed.coords, rid, k, decoded.thumbnail), regressed.seconds
+        return await self.lookup.plot.remote(regressed, rid, k, decoded.thumbnail), regressed.seconds
 
     async def case_image(self, case_id: str) -> tuple[bytes | None, str]:
         return await self.lookup.case_image.remote(case_id)

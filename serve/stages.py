@@ -49,9 +49,11 @@ class DecodedScan:
 
 @dataclass(frozen=True)
 class Regressed:
-    """A scan's point in the reference space, with the seconds each stage spent on it."""
+    """A scan's point in the reference space and its OOD score (None: the bundle has none), with
+    the seconds each stage spent on it."""
 
     coords: np.ndarray
+    ood_score: float | None
     seconds: dict[str, float]
 
 
@@ -108,16 +110,17 @@ class Regressor:
         log.info("regressor %s on %s", self.model_version, self.session.get_providers()[0])
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def predict(self, scans: list[np.ndarray]) -> list[np.ndarray]:
-        coords = await asyncio.to_thread(regress, self.session, np.stack(scans), len(scans))
-        return list(coords)
+    async def predict(self, scans: list[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
+        regression = await asyncio.to_thread(regress, self.session, np.stack(scans), len(scans))
+        scores = [None] * len(scans) if regression.ood_scores is None else [float(s) for s in regression.ood_scores]
+        return list(zip(regression.coords, scores))
 
     async def __call__(self, decoded: DecodedScan | Screening) -> Regressed | Screening:
         if isinstance(decoded, Screening):
             return decoded
         start = time.perf_counter()
-        coords = await self.predict(decoded.scan)
-        return Regressed(coords, decoded.seconds | {"regress": time.perf_counter() - start})
+        coords, score = await self.predict(decoded.scan)
+        return Regressed(coords, score, decoded.seconds | {"regress": time.perf_counter() - start})
 
     def ready(self) -> str:
         return self.model_version
@@ -139,14 +142,14 @@ class CaseLookup:
         if isinstance(regressed, Screening):
             return regressed, {}
         start = time.perf_counter()
-        screening = self._screening(regressed.coords, scan_id, k)
+        screening = self._screening(regressed, scan_id, k)
         return screening, regressed.seconds | {"lookup": time.perf_counter() - start}
 
-    def plot(self, coords: np.ndarray, scan_id: str, k: int, thumbnail: np.ndarray) -> bytes:
+    def plot(self, regressed: Regressed, scan_id: str, k: int, thumbnail: np.ndarray) -> bytes:
         """The paper's Fig. 5 (reference space with the scan's point) beside Fig. 7 (similar cases)."""
         from clare_dist.plots import explanation_figure, figure_png
 
-        screening = self._screening(coords, scan_id, k)
+        screening = self._screening(regressed, scan_id, k)
         cases = case_images(self.index, screening, self.images_root)
         figure = explanation_figure(screening, self.references, cases, INTENDED_USE, scan_image=thumbnail)
         return figure_png(figure, dpi=100)
@@ -171,5 +174,6 @@ class CaseLookup:
     def ready(self) -> str:
         return self.model_version
 
-    def _screening(self, coords: np.ndarray, scan_id: str, k: int):
-        return screen_points(coords, [scan_id], self.references, self.index, self.model_version, k)[0]
+    def _screening(self, regressed: Regressed, scan_id: str, k: int) -> Screening:
+        scores = None if regressed.ood_score is None else np.array([regressed.ood_score], np.float32)
+        return screen_points(regressed.coords, [scan_id], self.references, self.index, self.model_version, k, scores)[0]

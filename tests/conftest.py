@@ -193,26 +193,50 @@ def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tiny_archive: Path, reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model bundle of an untrained ResNet18 regressor at 48 px, exported and checked as in a run."""
+def _tiny_bundle(tiny_archive: Path, reference_dir: Path, out: Path, with_ood: bool) -> Path:
+    """An untrained ResNet18 regressor at 48 px, exported and checked as in a run; `with_ood`: with the
+    OOD score of its features, fitted on folds 2-4 of the tiny archive, the threshold on fold 1."""
+    import numpy as np
     import pandas as pd
+    import torch
 
     from clare_dist.bundle import write_bundle
     from clare_dist.export import export_regressor
     from clare_dist.models import ModelConfig, build_model
+    from clare_dist.ood import fit_statistics, manifest_entry
+    from clare_dist.ood_fit import features_and_coords
     from clare_dist.run_export import check_images
-
-    import torch
+    from clare_dist.scans import ScanConfig, preprocess_scan
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="resnet18", head="regression")).eval()
-    out = tmp_path_factory.mktemp("bundle")
     table = pd.read_parquet(tiny_archive / "prepared" / "labels.parquet")
-    export_regressor([model], out / "regressor.onnx", 48, check_images(table, tiny_archive / "archive", 48, count=4))
+    statistics = None
+    if with_ood:
+        def features(folds):
+            names = table.loc[table["fold"].isin(folds), "image_index"]
+            scans = [preprocess_scan(tiny_archive / "archive" / "images" / n, ScanConfig(size=48)) for n in names]
+            return features_and_coords(model, [torch.from_numpy(np.stack(scans)[:, None])])[0]
+
+        statistics = fit_statistics(features([2, 3, 4]), features([1]))
+    report = export_regressor([model], out / "regressor.onnx", 48, check_images(table, tiny_archive / "archive", 48, count=4),
+                              statistics=statistics)
+    ood = None if statistics is None else manifest_entry(statistics, "the tiny regressor's features", report.ood_max_rel_diff)
     write_bundle(out / "bundle", out / "regressor.onnx", reference_dir / "references.json", backbone="resnet18",
-                 image_size=48, folds=[0], ensemble=False, metrics={})
+                 image_size=48, folds=[0], ensemble=False, metrics={}, ood=ood)
     return out / "bundle"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_archive: Path, reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model bundle of an untrained ResNet18 regressor at 48 px with its OOD score, as a run exports it."""
+    return _tiny_bundle(tiny_archive, reference_dir, tmp_path_factory.mktemp("bundle"), with_ood=True)
+
+
+@pytest.fixture(scope="session")
+def bundle_without_ood(tiny_archive: Path, reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same regressor exported as bundles were before the OOD score: one output, no `ood` entry."""
+    return _tiny_bundle(tiny_archive, reference_dir, tmp_path_factory.mktemp("bundle-without-ood"), with_ood=False)
 
 
 @pytest.fixture(scope="session")

@@ -89,8 +89,9 @@ def _serve(bundle_path: Path, scans: list[Path], images_root: Path) -> list[Any]
         if isinstance(decoded, Screening):  # a scan that could not be screened
             found.append(decoded.to_dict())
             continue
-        coords = regress(session, decoded.scan[None], 1)[0]
-        screening, _ = lookup.screen(Regressed(coords, decoded.seconds), scan.name, K)
+        regression = regress(session, decoded.scan[None], 1)
+        score = None if regression.ood_scores is None else float(regression.ood_scores[0])
+        screening, _ = lookup.screen(Regressed(regression.coords[0], score, decoded.seconds), scan.name, K)
         png, why = lookup.case_image(screening.similar_cases[0].case_id)
         found.append({"screening": screening.to_dict(), "first_case_png": hashlib.sha256(png or b"").hexdigest(), "why": why})
     return found

@@ -49,6 +49,9 @@ NO_FINDING = Screening(
     explanation=explanation(["No Finding", "Pa", "Ot"], "No Finding"), similar_cases=[],
     similar_note="no case index in this bundle",
 )
+# Checked for out-of-distribution input: one flagged for human review, one within what the model knows.
+FLAGGED = replace(SCREENED, ood_score=3.25, needs_review=True)
+WITHIN = replace(NO_FINDING, ood_score=0.8125, needs_review=False)
 ALGORITHM = Algorithm(model_version="m-sr-1", backbone="resnet18")
 SYNTHETIC = ["explicit", "jpeg2000", "jpeg-ls", "rle"]
 REAL = ["CT_small.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm"]  # pydicom's files from other tools
@@ -81,7 +84,7 @@ def source(name: str) -> Dataset:
 def decision_part(screening: Screening) -> dict:
     """What the SR must say: the API answer's decision part, similar cases by identifier."""
     answer = api_answer(screening, "rid")
-    keys = ("decision", "classes", "top3", "coordinates", "explanation")
+    keys = ("decision", "classes", "top3", "coordinates", "explanation", "needs_review", "ood_score")
     return {**{k: answer[k] for k in keys}, "similar_cases": [c["case_id"] for c in answer["similar_cases"]]}
 
 
@@ -98,8 +101,8 @@ def group_of(sr: Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
 @pytest.mark.parametrize("name", SYNTHETIC + REAL)
 def test_the_sr_of_every_source_is_valid_and_says_what_the_api_says(name, tmp_path) -> None:
     src = source(name)
-    for screening in (SCREENED, NO_FINDING):
-        path = tmp_path / f"{screening.combination}.dcm"
+    for i, screening in enumerate((SCREENED, NO_FINDING, FLAGGED, WITHIN)):
+        path = tmp_path / f"{i}.dcm"
         stored = written(screening_sr(screening, src, ALGORITHM), path)
         errors, warnings, printed = dciodvfy(path)
         assert not errors and "Comprehensive3DSR" in printed, printed

@@ -51,7 +51,7 @@ def test_single_model_matches_torch_on_real_scans(single, real_scans):
     assert report.max_abs_diff <= 1e-4
     session = open_session(report.path, threads=1)
     for batch in (real_scans[:1], real_scans):  # batch of 1 and of 5: the batch axis is dynamic
-        got = run_regressor(session, batch)
+        got = run_regressor(session, batch).coords
         assert got.shape == (len(batch), 2) and got.dtype == np.float32
         np.testing.assert_allclose(got, torch_coords(model, batch), rtol=0, atol=1e-4)
 
@@ -67,9 +67,9 @@ def test_graph_interface(single):
 
 def test_run_regressor_in_small_batches_equals_one_batch(single, real_scans):
     session = open_session(single[1].path, threads=1)
-    whole = run_regressor(session, real_scans)
-    np.testing.assert_allclose(run_regressor(session, real_scans, batch_size=2), whole, atol=1e-6)
-    assert run_regressor(session, real_scans[:0]).shape == (0, 2)
+    whole = run_regressor(session, real_scans).coords
+    np.testing.assert_allclose(run_regressor(session, real_scans, batch_size=2).coords, whole, atol=1e-6)
+    assert run_regressor(session, real_scans[:0]).coords.shape == (0, 2)
 
 
 def test_wrong_dtype_is_rejected_by_the_graph_and_by_run_regressor(single, real_scans):
@@ -89,8 +89,8 @@ def test_ensemble_is_the_mean_of_its_members(tmp_path, real_scans):
     expected = np.mean([torch_coords(m, real_scans) for m in members], axis=0)
     np.testing.assert_allclose(torch_coords(FoldEnsemble(members).eval(), real_scans), expected, atol=1e-6)
     session = open_session(report.path, threads=1)
-    np.testing.assert_allclose(run_regressor(session, real_scans), expected, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(run_regressor(session, real_scans[:1]), expected[:1], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(run_regressor(session, real_scans).coords, expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(run_regressor(session, real_scans[:1]).coords, expected[:1], rtol=0, atol=1e-4)
 
 
 def test_mismatch_fails_the_export_and_leaves_no_file(tmp_path, real_scans, monkeypatch):
@@ -100,10 +100,11 @@ def test_mismatch_fails_the_export_and_leaves_no_file(tmp_path, real_scans, monk
     assert list(tmp_path.iterdir()) == []
 
     def shifted(session, scans, batch_size=32):
-        return run_regressor(session, scans, batch_size) + 0.01
+        regression = run_regressor(session, scans, batch_size)
+        return regression._replace(coords=regression.coords + 0.01)
 
     monkeypatch.setattr(export, "run_regressor", shifted)
-    with pytest.raises(ExportError, match=r"differs from torch by up to 0\.01 .* tolerance of 0\.0001"):
+    with pytest.raises(ExportError, match=r"differs from torch by up to 0\.01 in the coordinates .* tolerance of 0\.0001"):
         export_regressor(regressors(1), path, SIZE, list(real_scans))
     assert list(tmp_path.iterdir()) == []
 

@@ -5,6 +5,7 @@ writes the same ids while another model or another scan writes new ones."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -141,12 +142,17 @@ def test_ids_are_the_same_on_rerun_and_new_for_another_model_or_scan() -> None:
 
 
 @pytest.mark.parametrize("decision", list(CASES))
-def test_the_fhir_says_what_the_api_json_says(decision: str) -> None:
-    screening = screened(decision)
+@pytest.mark.parametrize("review", [(None, None), (True, 3.25), (False, 0.5)], ids=["unchecked", "flagged", "within"])
+def test_the_fhir_says_what_the_api_json_says(decision: str, review) -> None:
+    needs, score = review
+    screening = dataclasses.replace(screened(decision), needs_review=needs, ood_score=score)
     answer = api_answer(screening, request_id="r-1")
-    read = bundle_decision(screening_bundle(screening, ALGORITHM, STUDY_UID))
-    assert read == {"decision": answer["decision"], "classes": answer["classes"],
-                    "explanation": answer["explanation"], "model_version": answer["model_version"]}
+    bundle = screening_bundle(screening, ALGORITHM, STUDY_UID)
+    read = bundle_decision(bundle)
+    assert read == {"decision": answer["decision"], "classes": answer["classes"], "explanation": answer["explanation"],
+                    "needs_review": answer["needs_review"], "ood_score": answer["ood_score"],
+                    "model_version": answer["model_version"]}
+    assert len(resources(bundle, "Observation")) == len(CLASSES) + (needs is not None)
 
 
 def test_a_failed_scan_or_another_model_is_refused() -> None:

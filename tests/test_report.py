@@ -129,6 +129,7 @@ def screen_archive(archive: Path, bundle: Bundle, out: Path, index=None) -> pd.D
     refs = bundle.references.coords
     batch["x"] = [refs[i % len(refs), 0] + 0.01 for i in range(len(batch))]
     batch["y"] = [refs[i % len(refs), 1] - 0.01 for i in range(len(batch))]
+    batch["ood_score"] = np.where(np.arange(len(batch)) % 5 == 2, 2.5 + np.arange(len(batch)), 0.5).astype(np.float32)
     rows = finish_batch(batch, bundle.references, bundle.model_version, index=index, k=4)
     (out / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
     pq.write_table(rows, out / RESULTS_DIR / "part-0.parquet")
@@ -194,11 +195,29 @@ def test_the_reading_worklist_lists_the_likeliest_abnormal_scans_first(written, 
     results, _, page = written
     rows = page.tables["worklist"]
     order = worklist(results, bundle.references)
+    flagged = int(results["needs_review"].eq(True).sum())
     assert len(rows) == min(len(results), 25) == 21  # every scan of this run, the 5 failed ones last
     assert [r[1] for r in rows] == order["scan_id"].tolist()  # names shown as text, escaped (the EVIL one)
     scores = [float(r[2]) for r in rows if r[2]]
-    assert len(scores) == 16 and scores == sorted(scores, reverse=True)
+    assert 0 < flagged < 16 and len(scores) == 16 - flagged and scores == sorted(scores, reverse=True)
+    assert all(r[4].startswith("needs human review: ") for r in rows[16 - flagged:16])
     assert all(r[4].startswith("not screened (") for r in rows[16:])
+
+
+def test_scans_that_need_human_review_are_listed_apart_most_unusual_first(written):
+    results, _, page = written
+    flagged = results[results["needs_review"].eq(True)].sort_values("ood_score", ascending=False)
+    assert [r[0] for r in page.tables["needs-review"]] == flagged["scan_id"].tolist()
+    assert [float(r[1]) for r in page.tables["needs-review"]] == flagged["ood_score"].round(2).tolist()
+    assert dict(page.tables["summary"])["Needs human review"] == str(len(flagged))
+
+
+def test_results_without_the_ood_score_say_they_were_not_checked(archive, bundle, tmp_path):
+    results = screen_archive(archive, bundle, tmp_path).assign(needs_review=None, ood_score=np.nan)
+    _, page = read_page(write_report(tmp_path, results, bundle))
+    assert "needs-review" not in page.tables
+    assert "Not checked for out-of-distribution input: the model bundle has no OOD score" in "".join(page.text)
+    assert dict(page.tables["summary"])["Needs human review"] == "not checked (a model bundle without the OOD score)"
 
 
 def test_summary_states_counts_model_and_intended_use(written, bundle):

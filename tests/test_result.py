@@ -5,6 +5,7 @@ files), and the API answer and the text carry the same screening."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,18 +37,25 @@ EARLIER = pa.schema([
 ])
 
 
-def test_the_row_schema_is_derived_and_extends_what_earlier_part_files_hold() -> None:
-    assert ROW_SCHEMA.names[: len(EARLIER)] == EARLIER.names
-    assert pa.schema(list(ROW_SCHEMA)[: len(EARLIER)]).equals(EARLIER)
-    assert ROW_SCHEMA.names[len(EARLIER):] == ["results_stored"]
+def test_the_row_schema_is_derived_and_is_what_earlier_part_files_hold_plus_review_flag_and_storage() -> None:
+    review = [pa.field("ood_score", pa.float32()), pa.field("needs_review", pa.bool_())]
+    stored = pa.field("results_stored", pa.string())
+    assert ROW_SCHEMA.equals(pa.schema([*list(EARLIER)[:-1], *review, EARLIER.field("model_version"), stored]))
 
 
-def test_an_earlier_part_file_reads_under_todays_schema_with_nothing_stored(tmp_path) -> None:
-    earlier = to_table([SCREENED], ["/archive/a.png"]).drop_columns(["results_stored"])
-    assert earlier.schema.equals(EARLIER)
-    pq.write_table(earlier, tmp_path / "old.parquet")
-    rows = pq.read_table(tmp_path / "old.parquet", schema=ROW_SCHEMA).to_pandas()
-    assert rows["results_stored"].isna().all() and from_row(rows.iloc[0], SCAN_ERROR_KINDS) == SCREENED
+def test_an_earlier_part_file_reads_back_with_the_flag_unchecked(tmp_path) -> None:
+    from clare_dist.batch import RESULTS_DIR, read_results
+
+    (tmp_path / RESULTS_DIR).mkdir()
+    earlier = to_table([SCREENED], ["/archive/a.png"]).drop_columns(["ood_score", "needs_review", "results_stored"]).cast(EARLIER)
+    pq.write_table(earlier, tmp_path / RESULTS_DIR / "part-0.parquet")
+    rows = read_results(tmp_path)
+    assert list(rows.columns) == ROW_SCHEMA.names
+    assert from_row(rows.iloc[0], SCAN_ERROR_KINDS) == SCREENED  # needs_review and ood_score: None, not checked
+    flagged = replace(SCREENED, scan_id="images/00000002_000.png", ood_score=2.5, needs_review=True)
+    pq.write_table(to_table([flagged], ["/archive/b.png"]), tmp_path / RESULTS_DIR / "part-1.parquet")  # a resumed run
+    both = read_results(tmp_path)
+    assert [from_row(row, SCAN_ERROR_KINDS) for _, row in both.iterrows()] == [SCREENED, flagged]
 
 
 def test_a_skipped_scan_and_its_stored_results_read_back() -> None:

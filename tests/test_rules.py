@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 
 from clare_dist.explanation import explanation
-from clare_dist.labels import COMBINATIONS, NO_FINDING, LabelError, combination_vector
-from clare_dist.rules import References, apply_rules, pattern_names
+from layouts import BAD, GOOD, decided_wrong
+
+from clare_dist.labels import COMBINATIONS, NO_FINDING, LabelError, combination_classes, combination_vector
+from clare_dist.rules import References, apply_rules, layout_check, pattern_names, self_inconsistent
 
 POINT = np.array([0.5, 0.5])
 
@@ -124,8 +126,6 @@ def test_explanation_without_recurrent_classes_several_and_no_finding():
 
 
 def test_the_layout_check_finds_the_references_r4_decides_as_another_combination():
-    from clare_dist.rules import self_inconsistent
-
     # On a line in combination order each single class is right at its own point, but PnPl's two
     # nearest (PaOt and PnOt) share Ot, which R4 adds: 13 of the 26 are decided as another combination.
     line = References.from_mapping({name: [float(i), 0.0] for i, name in enumerate(COMBINATIONS)})
@@ -133,8 +133,23 @@ def test_the_layout_check_finds_the_references_r4_decides_as_another_combination
     assert len(wrong) == 13 and wrong["PnPl"] == "PnPlOt" and not {"Ca", "Pa", "Pn", "Pl", "Ot"} & set(wrong)
     decided = apply_rules(line.coords, line).r4
     assert wrong == {n: d for n, d in zip(COMBINATIONS, decided) if n != d}
-    # A bad layout: Pn's two nearest other references both hold Pa, so R4 adds Pa at Pn's own point.
-    places = {name: [10.0 + 3 * i, 10.0] for i, name in enumerate(COMBINATIONS)}
-    places |= {"Pn": [0.0, 0.0], "PaPl": [0.0, 0.1], "PaOt": [0.1, 0.0], "Pa": [0.3, 0.3]}
-    bad = References.from_mapping(places)
-    assert ("Pn", "PaPn") in self_inconsistent(bad)
+    assert layout_check(line, listed=False) == "R4 decodes 13/26 references correctly"
+    # The hand-made bad layout: Pn's two nearest other references both hold Pa, so R4 adds Pa there.
+    assert ("Pn", "PaPn") in self_inconsistent(BAD)
+    assert "Pn → PaPn" in layout_check(BAD) and layout_check(BAD).startswith("R4 decodes 12/26 references correctly")
+
+
+def test_a_self_consistent_layout_passes_the_check():
+    assert self_inconsistent(GOOD) == []
+    assert layout_check(GOOD) == "R4 decodes 26/26 references correctly at their own point"
+
+
+@pytest.mark.parametrize("layout", ["good", "bad", "line"])
+def test_the_layout_check_agrees_with_the_slow_obvious_one(layout):
+    references = {"good": GOOD, "bad": BAD,
+                  "line": References.from_mapping({n: [float(i), 0.0] for i, n in enumerate(COMBINATIONS)})}[layout]
+    added = decided_wrong(references)
+    wrong = dict(self_inconsistent(references))
+    assert set(wrong) == set(added)
+    for name, decided in wrong.items():
+        assert set(combination_classes(decided)) == set(combination_classes(name)) | added[name]

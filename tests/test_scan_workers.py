@@ -30,7 +30,7 @@ def expected(tiny_bundle: Path, scans: list[bytes]) -> np.ndarray:
     """The scans' points, decoded and regressed in-process as `clare-dist predict` does."""
     bundle = load_bundle(tiny_bundle)
     decoded = np.stack([preprocess_scan(s, ScanConfig(size=bundle.image_size)) for s in scans])
-    return run_regressor(open_session(bundle.onnx_path, threads=1), decoded, batch_size=1)
+    return run_regressor(open_session(bundle.onnx_path, threads=1), decoded, batch_size=1).coords
 
 
 class Gate:

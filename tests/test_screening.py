@@ -85,7 +85,7 @@ def brute_force(table: pd.DataFrame, point: tuple[float, float], combination: st
 def test_one_scan_equals_the_stages_composed_by_hand(screener, bundle, scan_files):
     (got,) = screener.screen([scan_files[0]])
     scan = preprocess_scan(scan_files[0], ScanConfig(size=SIZE))
-    coords = run_regressor(open_session(bundle.onnx_path, threads=1), scan[None])
+    coords = run_regressor(open_session(bundle.onnx_path, threads=1), scan[None]).coords
     rules = apply_rules(coords, bundle.references)
     decision = rules.r4[0]
     assert isinstance(got, Screening)

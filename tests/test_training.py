@@ -15,6 +15,8 @@ from clare_dist.archive import MissingImagesError, index_images, locate
 from clare_dist.dataset import ScanDataset
 from clare_dist.evaluation import PREDICTION_COLUMNS
 from clare_dist.reference_file import load_references
+from clare_dist.runs import load_ood_statistics
+from clare_dist.synth.outliers import OUTLIER_KINDS
 from clare_dist.training import TrainConfig, train_fold
 
 TINY = dict(backbone="resnet18", image_size=48, batch_size=16, num_workers=0, learning_rate=1e-3)
@@ -61,12 +63,17 @@ def test_a_killed_fold_resumes_without_redoing_epochs(tiny_archive, reference_di
     predictions = pd.read_parquet(path)
     test_images = table[table["fold"] == 0]
     assert sorted(predictions["image_index"]) == sorted(test_images["image_index"])
-    assert list(predictions.columns) == PREDICTION_COLUMNS
+    assert list(predictions.columns) == [*PREDICTION_COLUMNS, "ood_score"]
     assert predictions[["p_Ca", "p_Pa", "p_Pn", "p_Pl", "p_Ot"]].apply(lambda c: c.between(0, 1)).all().all()
-    assert np.isfinite(predictions[["x", "y"]].to_numpy()).all()
+    assert np.isfinite(predictions[["x", "y", "ood_score"]].to_numpy()).all()
     validation = pd.read_parquet(fold_dir / "validation_predictions.parquet")  # where the fair thresholds are fitted
     assert sorted(validation["image_index"]) == sorted(table.loc[table["fold"] == 1, "image_index"])
-    assert list(validation.columns) == PREDICTION_COLUMNS and set(validation["fold"]) == {1}
+    assert list(validation.columns) == [*PREDICTION_COLUMNS, "ood_score"] and set(validation["fold"]) == {1}
+    # The OOD threshold is fitted on the validation fold: at most 5 % of it lies above it.
+    statistics = load_ood_statistics(fold_dir / "ood_statistics.npz")
+    assert statistics.validation_images == len(validation) and (validation["ood_score"] > 1).mean() <= 0.05
+    outliers = pd.read_parquet(fold_dir / "outlier_predictions.parquet")
+    assert set(outliers["kind"]) == set(OUTLIER_KINDS) and set(outliers["image_index"]) <= set(predictions["image_index"])
 
     # A finished fold is not trained again: the call returns at once and changes nothing.
     stamp = os.stat(fold_dir / "done.json").st_mtime_ns

@@ -40,3 +40,22 @@ def test_the_worklist_puts_likely_abnormal_first_and_failed_scans_last_with_thei
     failed = order.iloc[3]
     assert np.isnan(failed["triage_score"]) and failed["why"] == "not screened (truncated): the PNG is cut short"
     assert order.iloc[0]["decision"] == "Ca" and order.iloc[0]["why"] == "cardiac"
+
+
+def test_scans_flagged_for_review_come_apart_after_the_ranked_ones_most_unusual_first():
+    results = pd.DataFrame({
+        "scan_id": ["a.png", "odd.png", "broken.png", "c.png", "odder.png"],
+        "status": ["ok", "ok", "error", "ok", "ok"],
+        "error": [None, None, "empty: the file is empty", None, None],
+        "x": [0.1, 0.95, np.nan, 0.5, 0.2], "y": [0.0, 0.0, np.nan, 0.0, 0.0],
+        "combination": [NO_FINDING, "Ca", None, "Ca", NO_FINDING],
+        "explanation": ["no finding", "cardiac", None, "cardiac", "no finding"],
+        "ood_score": [0.4, 2.5, np.nan, 1.0, 7.0],
+        "needs_review": [False, True, None, False, True],
+    })
+    order = worklist(results, REFS)
+    assert order["scan_id"].tolist() == ["c.png", "a.png", "odder.png", "odd.png", "broken.png"]
+    assert order["needs_review"].tolist()[:4] == [False, False, True, True]
+    flagged = order.iloc[2]
+    assert np.isnan(flagged["triage_score"]) and flagged["decision"] == NO_FINDING
+    assert flagged["why"].startswith("needs human review: the scan lies outside what the model knows (OOD score 7.00 > 1)")

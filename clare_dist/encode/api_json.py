@@ -22,5 +22,7 @@ def api_answer(screening: Screening, request_id: str) -> dict[str, Any]:
         "similar_cases": [{"case_id": c.case_id, "combination": c.combination, "distance": c.distance}
                           for c in screening.similar_cases],
         "similar_note": screening.similar_note,
+        "needs_review": screening.needs_review,
+        "ood_score": screening.ood_score,
         "intended_use": INTENDED_USE,
     }

@@ -64,6 +64,8 @@ FINDING_SITES: dict[str, Concept] = {
 }
 PRESENT = _standard(codes.SCT.Present)
 ABSENT = _standard(codes.SCT.Absent)
+YES = _standard(codes.SCT.Yes)
+NO = _standard(codes.SCT.No)
 DECISION = _private("decision", "CLARE-XR decision (R4 rule set): the combination of classes")
 TOP3 = _private("top3", "Nearest reference combination")
 DISTANCE = _private("distance", "Distance to the reference point")
@@ -71,6 +73,8 @@ COORDINATE_X = _private("x", "Predicted x coordinate in the CLARE-XR reference s
 COORDINATE_Y = _private("y", "Predicted y coordinate in the CLARE-XR reference space")
 SIMILAR_CASE = _private("similar-case", "Similar known case")
 EXPLANATION = _private("explanation", "CLARE-XR explanation")
+NEEDS_REVIEW = _private("needs-review", "Needs human review: outside what the model knows")
+OOD_SCORE = _private("ood-score", "Out-of-distribution score (review above 1)")
 
 
 def combination_concept(name: str) -> Concept:

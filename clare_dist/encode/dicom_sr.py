@@ -13,7 +13,8 @@ What the JSON says, the SR says, in one TID 1501 group: the five classes and the
 coded qualitative evaluations, the coordinates and the top 3 distances as unitless numbers
 (UCUM "1"; the exact float rides in Floating Point Value next to the 16-character DS), the top 3
 references, the explanation sentence and the similar cases' identifiers as the TEXT and CODE
-evaluations TID 1501 allows. The i-th top 3 distance belongs to the i-th top 3 reference: the
+evaluations TID 1501 allows; and, where the model checks it, whether the scan needs human review
+(a coded yes/no: outside what the model knows) with its out-of-distribution score. The i-th top 3 distance belongs to the i-th top 3 reference: the
 content tree keeps order. `sr_findings` reads a stored SR back through highdicom into the JSON's
 shape, so tests and later code can prove both say the same.
 
@@ -40,11 +41,15 @@ from clare_dist.encode.codes import (
     DECISION,
     DISTANCE,
     EXPLANATION,
+    NEEDS_REVIEW,
+    NO,
+    OOD_SCORE,
     PRESENT,
     PRIVATE_SCHEME,
     PRIVATE_SCHEME_NAME,
     SIMILAR_CASE,
     TOP3,
+    YES,
     Concept,
     combination_concept,
 )
@@ -93,6 +98,8 @@ def screening_sr(screening: Screening, source: Dataset, algorithm: Algorithm) ->
 
 def _report(screening: Screening, source: Dataset, algorithm: Algorithm) -> hd.sr.Comprehensive3DSR:
     version = algorithm.model_version
+    checked = screening.needs_review is not None  # a bundle without the OOD score says nothing of it
+    review = [hd.sr.QualitativeEvaluation(_coded(NEEDS_REVIEW), _coded(YES if screening.needs_review else NO))] if checked else []
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derived_uid("sr-tracking", version, str(source.SOPInstanceUID)), identifier=TRACKING_IDENTIFIER),
@@ -100,12 +107,14 @@ def _report(screening: Screening, source: Dataset, algorithm: Algorithm) -> hd.s
         algorithm_id=hd.sr.AlgorithmIdentification(name=algorithm.model_name, version=version,
                                                    manufacturer=MANUFACTURER),
         measurements=[_number(COORDINATE_X, screening.x), _number(COORDINATE_Y, screening.y)]
-        + [_number(DISTANCE, d) for d in screening.top3_distances],
+        + [_number(DISTANCE, d) for d in screening.top3_distances]
+        + ([_number(OOD_SCORE, screening.ood_score)] if checked else []),
         qualitative_evaluations=[
             *(hd.sr.QualitativeEvaluation(_coded(CLASS_CONCEPTS[c]), _coded(PRESENT if bit else ABSENT))
               for c, bit in screening.classes.items()),
             hd.sr.QualitativeEvaluation(_coded(DECISION), _coded(combination_concept(screening.combination))),
             *(hd.sr.QualitativeEvaluation(_coded(TOP3), _coded(combination_concept(name))) for name in screening.top3),
+            *review,
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
@@ -169,6 +178,7 @@ def sr_findings(sr: Dataset) -> dict[str, Any]:
         return {PRESENT.value: 1, ABSENT.value: 0}[value]
 
     (decision,), (x,), (y,) = codes_of(DECISION), numbers(COORDINATE_X), numbers(COORDINATE_Y)
+    review, scores = codes_of(NEEDS_REVIEW), numbers(OOD_SCORE)
     return {
         "decision": decision,
         "classes": {code: bit(code) for code in CLASSES},
@@ -177,6 +187,8 @@ def sr_findings(sr: Dataset) -> dict[str, Any]:
         "coordinates": {"x": x, "y": y},
         "explanation": next(iter(texts(EXPLANATION)), None),
         "similar_cases": texts(SIMILAR_CASE),
+        "needs_review": {YES.value: True, NO.value: False}[review[0]] if review else None,
+        "ood_score": scores[0] if scores else None,
     }
 
 

@@ -9,6 +9,8 @@ would need) holding
   UID (a logical reference: no ImagingStudy resource is sent); absent for a PNG;
 - one Observation per class (Ca, Pa, Pn, Pl, Ot), valued SNOMED CT present or absent: the R4
   decision bits, with the class's finding site;
+- where the model checks it, an Observation "needs human review" valued SNOMED CT yes or no, its
+  out-of-distribution score as a component (`clare_dist.ood`);
 - a Device, the model that said it (model version, software version, DICOM Device UID), whose
   note carries the intended use; the report's narrative repeats it where a person reads it.
 
@@ -36,7 +38,18 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from clare_dist.encode.codes import ABSENT, CLASS_CONCEPTS, FINDING_SITES, PRESENT, Concept, combination_concept
+from clare_dist.encode.codes import (
+    ABSENT,
+    CLASS_CONCEPTS,
+    FINDING_SITES,
+    NEEDS_REVIEW,
+    NO,
+    OOD_SCORE,
+    PRESENT,
+    YES,
+    Concept,
+    combination_concept,
+)
 from clare_dist.encode.identity import FHIR_IDS, MANUFACTURER, Algorithm, derived_uuid
 from clare_dist.errors import ResultEncodingError
 from clare_dist.labels import CLASSES
@@ -107,6 +120,21 @@ def _observation(code: str, bit: int, device_url: str) -> dict[str, Any]:
     }
 
 
+def _review_observation(screening: Screening, device_url: str) -> dict[str, Any]:
+    """Whether the scan needs human review (outside what the model knows), its OOD score a component."""
+    return {
+        "resourceType": "Observation",
+        "status": "preliminary",
+        "category": [IMAGING],
+        "code": _codeable(NEEDS_REVIEW),
+        "valueCodeableConcept": _codeable(YES if screening.needs_review else NO),
+        "component": [{"code": _codeable(OOD_SCORE),
+                       "valueQuantity": {"value": screening.ood_score, "unit": "1", "system": "http://unitsofmeasure.org",
+                                         "code": "1"}}],
+        "device": {"reference": device_url, "type": "Device"},
+    }
+
+
 def _narrative(screening: Screening) -> dict[str, Any]:
     text = html.escape(f"{screening.explanation} Preliminary result of {screening.model_version}; intended use: {INTENDED_USE}.",
                        quote=False)
@@ -129,6 +157,8 @@ def screening_bundle(screening: Screening, algorithm: Algorithm, study_uid: str 
     device = _entry(_uuid("device", algorithm.model_version), _device(algorithm))
     observations = [_entry(_uuid(*scan, "observation", code), _observation(code, bit, device["fullUrl"]))
                     for code, bit in screening.classes.items()]
+    if screening.needs_review is not None:
+        observations.append(_entry(_uuid(*scan, "observation", "review"), _review_observation(screening, device["fullUrl"])))
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "text": _narrative(screening),
@@ -176,7 +206,8 @@ def _code_of(concept: dict[str, Any]) -> tuple[str, str]:
 
 def bundle_decision(bundle: dict[str, Any]) -> dict[str, Any]:
     """What a Bundle of `screening_bundle` says: {"decision", "classes" (code: 0/1),
-    "explanation", "model_version"}, read from its resources (for checks against the JSON)."""
+    "explanation", "needs_review", "ood_score", "model_version"}, read from its resources (for checks
+    against the JSON)."""
     by_url = {e["fullUrl"]: e["resource"] for e in bundle.get("entry") or []}
     kinds: dict[str, list[dict[str, Any]]] = {}
     for resource in by_url.values():
@@ -187,11 +218,17 @@ def bundle_decision(bundle: dict[str, Any]) -> dict[str, Any]:
     class_of = {(c.system, c.value): code for code, c in CLASS_CONCEPTS.items()}
     bit_of = {(PRESENT.system, PRESENT.value): 1, (ABSENT.system, ABSENT.value): 0}
     classes: dict[str, int] = {}
+    review: dict[str, Any] = {"needs_review": None, "ood_score": None}
     for ref in report.get("result") or []:
         observation = by_url.get(ref.get("reference", ""))
         if observation is None:
             raise ResultEncodingError(f"the report's result {ref.get('reference')!r} is not in the Bundle")
         code, value = _code_of(observation.get("code") or {}), _code_of(observation.get("valueCodeableConcept") or {})
+        if code == (NEEDS_REVIEW.system, NEEDS_REVIEW.value):
+            (component,) = observation.get("component") or [{}]
+            review = {"needs_review": {YES.value: True, NO.value: False}[value[1]],
+                      "ood_score": (component.get("valueQuantity") or {}).get("value")}
+            continue
         if code not in class_of or value not in bit_of:
             raise ResultEncodingError(f"result {ref['reference']} is not a CLARE-XR class valued present or absent")
         classes[class_of[code]] = bit_of[value]
@@ -202,5 +239,6 @@ def bundle_decision(bundle: dict[str, Any]) -> dict[str, Any]:
         "decision": _code_of((report.get("conclusionCode") or [{}])[0])[1],
         "classes": {code: classes[code] for code in CLASSES},
         "explanation": report.get("conclusion"),
+        **review,
         "model_version": versions[0] if versions else None,
     }

@@ -3,9 +3,10 @@
 The schema is derived from `Screening`'s fields, in the column order the part files of earlier
 releases have, so a resumed run appends to them and one read covers both: `scan_id`, the input
 `path`, `status`, `error` ("kind: reason", the one column the two error fields share on disk),
-the screening's fields, `model_version`, and `results_stored` last: what became of the results a
-PACS run stores back ("confirmed", or why not; empty where none were to be stored, and in part
-files written before the column existed, which read back with it empty).
+the screening's fields (`ood_score` and `needs_review`, the latest, last), `model_version`, and
+`results_stored` last: what became of the results a PACS run stores back ("confirmed", or why not;
+empty where none were to be stored). Part files written before a column existed read back with it
+empty (None).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow as pa
 
 from clare_dist.result import STATUS_ERROR, STATUS_SKIPPED, SimilarCase, Screening
 
-_LEAVES = {str: pa.string(), float: pa.float32(), int: pa.int8()}
+_LEAVES = {str: pa.string(), float: pa.float32(), int: pa.int8(), bool: pa.bool_()}
 _OWN_COLUMNS = ("scan_id", "model_version", "status", "error_kind", "error_reason")
 
 

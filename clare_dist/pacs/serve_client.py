@@ -37,5 +37,5 @@ def screen_on_api(serve_url: str, data: bytes, scan_id: str, model_version: str)
         top3=[t["combination"] for t in body["top3"]], top3_distances=[t["distance"] for t in body["top3"]],
         combination=body["decision"], **body["classes"], explanation=body["explanation"],
         similar_cases=[SimilarCase(c["case_id"], c["combination"], c["distance"]) for c in body["similar_cases"]],
-        similar_note=body.get("similar_note"),
+        similar_note=body.get("similar_note"), ood_score=body.get("ood_score"), needs_review=body.get("needs_review"),
     )

@@ -70,7 +70,8 @@ def run_demo(out: Path, settings: DemoSettings, connect: Callable[[], None], say
     say(format_counts_table(combination_counts(table)))
     if not (out / "references" / REFERENCES_FILE).exists():
         space = make_references(out / "references", seed=settings.seed)
-        say(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}")
+        say(f"references: minimum distance {space.min_distance:.4f}, reconstruction MSE {space.reconstruction_mse:.3g}; "
+            f"{space.layout_check}")
 
     run = out / "run"
     init_run(run, labels, out / "references")
@@ -95,7 +96,11 @@ def run_demo(out: Path, settings: DemoSettings, connect: Callable[[], None], say
     say(f"cross-validation: {_comparison(headline)} — tables in {run / 'evaluation' / 'evaluation.md'}")
     say(f"model bundle {bundle.model_version} with {indexed} indexed cases: {bundle.path}")
     say(f"backlog: {len(screened)} scans ({len(broken)} broken on purpose): {counts.get('ok', 0)} screened, "
-        f"{counts.get('error', 0)} failed with their reason")
+        f"{counts.get('error', 0)} failed with their reason, {int(screened['needs_review'].eq(True).sum())} flagged for "
+        "human review")
+    if "ood_test_flagged" in headline:
+        say(f"needs human review: {100 * headline['ood_test_flagged']:.1f} % of in-distribution test scans and "
+            f"{100 * headline['ood_outliers_flagged']:.1f} % of outliers made of them flagged (targets ≤ 5 %, ≥ 95 %)")
     say(f"results: {out.resolve() / 'screened' / 'results'}")
     report = out.resolve() / "screened" / "report.html"
     say(f"report: open {report} in a browser")
