@@ -83,3 +83,50 @@ def test_a_malformed_uid_never_reaches_a_url():
     with pytest.raises(PacsError) as refused:
         pacs.retrieve(instance(sop_uid="../../studies"), 1000)
     assert refused.value.kind == "pacs_bad_answer"
+
+
+def test_the_listener_reads_the_apis_answer_back_into_the_same_screening():
+    """`listen --serve-url`: the API's JSON (made by the API's own encoder) becomes the Screening the
+    in-process path makes, so the SR does not depend on where the model ran; a 4xx is that scan's failure."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from clare_dist.encode.api_json import api_answer
+    from clare_dist.pacs.serve_client import screen_on_api
+    from clare_dist.result import Screening, SimilarCase
+
+    screened = Screening(scan_id="1.2.3", model_version="m-1", x=0.25, y=0.5, top3=["Pl", "CaPl", "No Finding"],
+                         top3_distances=[0.01, 0.2, 0.3], combination="Pl", Ca=0, Pa=0, Pn=0, Pl=1, Ot=0,
+                         explanation="because", similar_cases=[SimilarCase("c1", "Pl", 0.02)], ood_score=0.5,
+                         needs_review=False)
+    answers = {"/good/v1/predict": (200, api_answer(screened, "r1")),
+               "/bad/v1/predict": (422, {"error": "truncated", "detail": "the scan is cut short", "request_id": "r2"})}
+
+    class API(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the handler name http.server calls
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code, body = answers[self.path]
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), API)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert screen_on_api(f"{url}/good", b"dicom", "1.2.3", "m-1") == screened
+        failed = screen_on_api(f"{url}/bad", b"dicom", "1.2.3", "m-1")
+        assert (failed.status, failed.error_kind, failed.error_reason) == ("error", "truncated", "the scan is cut short")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(PacsError) as down:
+        screen_on_api(url, b"dicom", "1.2.3", "m-1")
+    assert down.value.kind == "pacs_unreachable"
