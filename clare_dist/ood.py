@@ -110,9 +110,9 @@ def needs_review(scores: np.ndarray) -> np.ndarray:
 def review_note(flagged: bool | None, score: float | None) -> str:
     """The flag in words, the same in the text summary, the report, the worklist and the SR."""
     if flagged is None:
-        return ("not checked for out-of-distribution input: the model bundle has no OOD score "
+        return ("Not checked for out-of-distribution input: the model bundle has no OOD score "
                 "(a bundle exported from a run trained with it has)")
     if flagged:
-        return (f"needs human review: the scan lies outside what the model knows (OOD score {score:.2f} > "
+        return (f"Needs human review: the scan lies outside what the model knows (OOD score {score:.2f} > "
                 f"{REVIEW_ABOVE:g}); do not rely on its decision")
-    return f"within what the model knows (OOD score {score:.2f} ≤ {REVIEW_ABOVE:g})"
+    return f"Within what the model knows (OOD score {score:.2f} ≤ {REVIEW_ABOVE:g})"

@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, NO_FINDING
+from clare_dist.ood import review_note
 from clare_dist.rules import References, layout_check, self_inconsistent
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ def explanation_figure(
     scan's point (red plus), dashed lines to its top-3 references and the decision's reference
     ringed in red; right, up to nine similar known cases with case id, combination and
     distance; below, the top 3, the sentence, and in small print the intended use and the model
-    version. `case_images` holds (case id, combination, distance, uint8 image or None); None is
+    version; a scan that needs human review says so in red above all. `case_images` holds (case id, combination, distance, uint8 image or None); None is
     drawn as "image not found", since a moved file must not hide the rest of the explanation.
     """
     widths = (0.55, 1.0, 1.0) if scan_image is not None else (1.0, 1.0)
@@ -264,7 +265,12 @@ def explanation_figure(
     box = grid[-1].get_position(fig)
     fig.text(box.x0 + box.width / 2, box.y1 + 0.055, heading, ha="center", va="bottom", fontsize=10)
 
-    fig.suptitle(f"{screening.scan_id}: {screening.combination}", fontsize=14, fontweight="bold")
+    flagged = bool(screening.needs_review)
+    fig.suptitle(f"{screening.scan_id}: {screening.combination}" + ("   (needs human review)" if flagged else ""),
+                 fontsize=14, fontweight="bold", color="firebrick" if flagged else "black")
+    if flagged:
+        fig.text(0.035, 0.07, review_note(True, screening.ood_score) + ".", fontsize=10, color="firebrick",
+                 va="top")
     top3 = ",   ".join(f"{name} ({d:.3f})" for name, d in zip(screening.top3, screening.top3_distances))
     fig.text(0.035, 0.17, f"Top 3 references (distance):   {top3}", fontsize=10.5, va="top")
     fig.text(0.035, 0.12, textwrap.fill(screening.explanation, int(12 * fig.get_figwidth())), fontsize=10, va="top")

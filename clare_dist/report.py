@@ -184,13 +184,12 @@ def _needs_review(ok: pd.DataFrame) -> str:
     html = "<h2>Needs human review</h2>\n"
     unchecked = int(ok["needs_review"].isna().sum())
     if unchecked == len(ok) and len(ok):
-        note = review_note(None, None)
-        return html + (f'<p class="warn">{escape(note[0].upper() + note[1:])}. Every decision below is given '
+        return html + (f'<p class="warn">{escape(review_note(None, None))}. Every decision below is given '
                        "without knowing whether the scan lies within what the model knows.</p>\n")
     flagged = ok[ok["needs_review"].eq(True).to_numpy(dtype=bool)].sort_values(["ood_score", "scan_id"],
                                                                            ascending=[False, True], kind="mergesort")
     if unchecked:  # rows of a run resumed with another bundle
-        html += f'<p class="warn">{unchecked:,} screened scans were not checked: {escape(review_note(None, None))}.</p>\n'
+        html += f'<p class="warn">{unchecked:,} screened scans: {escape(review_note(None, None))}.</p>\n'
 
     html += (f"<p>{len(flagged):,} of {len(ok):,} screened scans lie outside what the model knows (OOD score above 1: "
              "the Mahalanobis distance of the regressor's features to the training archive's, in units of the threshold "

@@ -66,9 +66,9 @@ def test_statistics_are_saved_and_read_back_whole(tmp_path):
 
 
 def test_the_review_note_says_flagged_within_or_not_checked():
-    assert review_note(True, 3.25).startswith("needs human review: the scan lies outside what the model knows (OOD score 3.25 > 1)")
-    assert review_note(False, 0.5) == "within what the model knows (OOD score 0.50 ≤ 1)"
-    assert review_note(None, None).startswith("not checked for out-of-distribution input")
+    assert review_note(True, 3.25).startswith("Needs human review: the scan lies outside what the model knows (OOD score 3.25 > 1)")
+    assert review_note(False, 0.5) == "Within what the model knows (OOD score 0.50 ≤ 1)"
+    assert review_note(None, None).startswith("Not checked for out-of-distribution input")
 
 
 def test_outliers_are_deterministic_images_of_every_kind():
@@ -176,8 +176,8 @@ def test_every_result_carries_the_flag_and_a_bundle_without_the_score_says_it_di
         assert (answer["needs_review"], answer["ood_score"]) == (screening.needs_review, screening.ood_score)
         read = from_row(to_table([screening], ["p"]).to_pandas().iloc[0], SCAN_ERROR_KINDS)
         assert (read.needs_review, read.ood_score) == (screening.needs_review, screening.ood_score)
-    assert "not checked for out-of-distribution input" in summary(unchecked[0])
-    assert summary(flagged).splitlines()[1].startswith("  ** needs human review: the scan lies outside what the model knows")
+    assert "Not checked for out-of-distribution input" in summary(unchecked[0])
+    assert summary(flagged).splitlines()[1].startswith("  ** Needs human review: the scan lies outside what the model knows")
 
 
 def test_the_manifest_and_the_graph_must_agree_on_the_ood_score(tiny_bundle, bundle_without_ood, tmp_path):
@@ -198,3 +198,24 @@ def test_the_manifest_and_the_graph_must_agree_on_the_ood_score(tiny_bundle, bun
     (with_entry / MANIFEST_FILE).write_text(json.dumps(manifest | {"ood": ood}))
     with pytest.raises(BundleError, match="describes an OOD score but regressor.onnx has no output 'ood_score'"):
         load_bundle(with_entry)
+
+
+def test_the_explanation_picture_says_a_flagged_scan_needs_human_review():
+    from clare_dist.explanation import explanation
+    from clare_dist.plots import explanation_figure
+    from clare_dist.result import Screening
+    from layouts import GOOD
+
+    top3 = ["Pl", "CaPl", "CaPnPl"]
+    within = Screening(scan_id="a.png", model_version="m", x=0.7, y=0.9, top3=top3, top3_distances=[0.01, 0.1, 0.2],
+                       combination="Pl", Ca=0, Pa=0, Pn=0, Pl=1, Ot=0, explanation=explanation(top3, "Pl"),
+                       ood_score=0.5, needs_review=False)
+    flagged = replace(within, ood_score=6.0, needs_review=True)
+
+    def texts(screening):
+        fig = explanation_figure(screening, GOOD, [], "research only")
+        return [fig._suptitle.get_text()] + [t.get_text() for t in fig.texts]
+
+    assert not any("needs human review" in t for t in texts(within))
+    assert texts(flagged)[0] == "a.png: Pl   (needs human review)"
+    assert any(t.startswith("Needs human review: the scan lies outside what the model knows (OOD score 6.00") for t in texts(flagged))

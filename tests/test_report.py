@@ -200,7 +200,7 @@ def test_the_reading_worklist_lists_the_likeliest_abnormal_scans_first(written, 
     assert [r[1] for r in rows] == order["scan_id"].tolist()  # names shown as text, escaped (the EVIL one)
     scores = [float(r[2]) for r in rows if r[2]]
     assert 0 < flagged < 16 and len(scores) == 16 - flagged and scores == sorted(scores, reverse=True)
-    assert all(r[4].startswith("needs human review: ") for r in rows[16 - flagged:16])
+    assert all(r[4].startswith("Needs human review: ") for r in rows[16 - flagged:16])
     assert all(r[4].startswith("not screened (") for r in rows[16:])
 
 

@@ -58,4 +58,4 @@ def test_scans_flagged_for_review_come_apart_after_the_ranked_ones_most_unusual_
     assert order["needs_review"].tolist()[:4] == [False, False, True, True]
     flagged = order.iloc[2]
     assert np.isnan(flagged["triage_score"]) and flagged["decision"] == NO_FINDING
-    assert flagged["why"].startswith("needs human review: the scan lies outside what the model knows (OOD score 7.00 > 1)")
+    assert flagged["why"].startswith("Needs human review: the scan lies outside what the model knows (OOD score 7.00 > 1)")
