@@ -74,7 +74,7 @@ def start_app(bundle: Path, args: argparse.Namespace) -> tuple[str, dict]:
                 "ort_spinning": args.ort_spinning, "replicas": args.replicas}
     port = args.port or free_port()
     started = time.perf_counter()
-    run(app_args, host="127.0.0.1", port=port, blocking=False)
+    run(app_args, host="127.0.0.1", port=port)
     timings["deploy_s"] = time.perf_counter() - started
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, args.ready_timeout)

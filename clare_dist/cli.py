@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -224,23 +223,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The HTTP API on Ray Serve, until interrupted (Ctrl-C)."""
+    """The HTTP API on Ray Serve, until SIGINT (Ctrl-C) or SIGTERM, which stop all it started."""
     from clare_dist.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)  # a wrong path fails here, in words, not in a replica's log
-    from serve.app import resolve_topology, run, serve_environment
-
-    for name, value in serve_environment().items():  # for a local Ray started below
-        os.environ.setdefault(name, value)
-    _connect_ray(args.address, args.num_cpus)
+    from serve.app import resolve_topology
+    from serve.lifecycle import serve_until_stopped
 
     app_args = {"bundle": str(bundle.path.resolve()), "topology": args.topology,
                 "decode_threads": args.decode_threads, "ort_threads": args.ort_threads, "max_body_mb": args.max_body_mb, "replicas": args.replicas,
                 **{name: getattr(scan_limits(args), name) for name in SCAN_LIMITS},
+                "max_queue_wait_s": args.max_queue_wait_s, "drain_s": args.drain_s,
                 "autoscale": args.autoscale, "images_root": str(args.images.resolve()) if args.images else None}
     print(f"serving model {bundle.model_version} on http://{args.host}:{args.port} (API docs at /docs), "
-          f"topology {resolve_topology(args.topology)}; Ctrl-C stops")
-    run(app_args, host=args.host, port=args.port, blocking=True)
+          f"topology {resolve_topology(args.topology)}, queue-wait budget {args.max_queue_wait_s:g} s")
+    serve_until_stopped(app_args, args.host, args.port, args.address, args.num_cpus)
     return 0
 
 
@@ -372,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--replicas", type=int, default=None, help="fixed replicas of the decoding and regressor stages (serve.app.WORKING_STAGES)")
     scaling.add_argument("--autoscale", action="store_true", help="autoscale every stage as serve/config.yaml does")
     p.add_argument("--max-body-mb", type=float, default=64, help="largest accepted scan upload (413 beyond)")
+    p.add_argument("--max-queue-wait-s", type=float, default=2.0,
+                   help="queue-wait budget: a scan that cannot start within it is answered 503 at once, with "
+                        "Retry-After (default 2: a 2 s burst is absorbed, answers stay within 2 s + a scan's work)")
+    p.add_argument("--drain-s", type=float, default=10.0,
+                   help="on SIGINT/SIGTERM, how long the requests already admitted get to finish (default 10)")
     p.add_argument("--images", type=Path, default=None, help="folder the indexed cases' relative paths are under")
     add_ray_options(p)
     add_scan_limits(p)

@@ -1,10 +1,11 @@
 """The HTTP API: a FastAPI ingress that checks each request and hands it to its topology's pipeline.
 
 The ingress does what must happen before any work is spent on a request — authentication,
-the body size limit, the content type (serve/requests.py) — and turns every outcome into the
-documented answer (serve/contract.py) that carries the request id and the model version. Where
-the stages run is the pipeline's business (serve/pipelines.py: single, ingress or chain); every
-route is the same whatever the topology.
+admission within the queue-wait budget (serve/admission.py), the body size limit, the content
+type (serve/requests.py) — and turns every outcome into the documented answer (serve/contract.py)
+that carries the request id and the model version. Where the stages run is the pipeline's
+business (serve/pipelines.py: single, ingress or chain); every route is the same whatever the
+topology.
 """
 
 import asyncio
@@ -28,6 +29,7 @@ from clare_dist.encode.api_json import api_answer
 from clare_dist.encode.identity import algorithm_of
 from clare_dist.result import DEFAULT_K, INTENDED_USE
 from clare_dist.scans import ScanConfig, ScanError
+from serve.admission import Admission, Overloaded
 from serve.contract import (
     ANSWER_HEADERS,
     AUTHENTICATED,
@@ -40,6 +42,7 @@ from serve.contract import (
     TIMED_HEADERS,
     TOKEN_ENV,
     Alive,
+    Queue,
     Readiness,
     ScreeningAnswer,
     answers,
@@ -89,11 +92,24 @@ async def _scan_error(request: Request, err: ScanError) -> JSONResponse:
     return JSONResponse(error_body(request, err.kind, err.message), status_code=422)
 
 
+@api.exception_handler(Overloaded)
+async def _shed(request: Request, err: Overloaded) -> JSONResponse:
+    """A request that cannot start within the queue-wait budget: 503 at once, with when to retry."""
+    counter = getattr(request.app.state, "shed_counter", None)
+    if counter is not None:
+        counter.inc(tags={"reason": err.reason})
+    return JSONResponse(error_body(request, "overloaded", str(err)), status_code=503,
+                        headers={"Retry-After": str(err.retry_after_s)})
+
+
 @api.exception_handler(BackPressureError)
 async def _overloaded(request: Request, err: BackPressureError) -> JSONResponse:
-    """A stage's queue is full: 503, to be retried after a short wait."""
-    return JSONResponse(error_body(request, "overloaded", "the server is at capacity; retry after a short wait"),
-                        status_code=503, headers={"Retry-After": "1"})
+    """A stage behind the ingress has a full queue: 503, to be retried when this replica's queue
+    has started (its admission's estimate)."""
+    admission = getattr(request.app.state, "admission", None)
+    retry = admission.retry_after_s() if admission is not None else 1
+    return JSONResponse(error_body(request, "overloaded", f"a stage of the server is at capacity; retry in {retry} s"),
+                        status_code=503, headers={"Retry-After": str(retry)})
 
 
 @api.exception_handler(HTTPException)
@@ -129,19 +145,33 @@ async def _count(request: Request, call_next):
     return response
 
 
-@serve.deployment(name="ClareAPI", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
+# The queue-wait budget: a request that cannot start its work within it is answered 503 at once.
+# 2 s absorbs a burst of two seconds' work (a modality sending a study's images together) without
+# refusing any, and keeps every answer within budget + one scan's work (about 2.1 s on the 2-core
+# machine), inside the few seconds a PACS router or a viewer waits before it gives up; a client
+# told 503 with Retry-After can go elsewhere or come back instead of timing out.
+MAX_QUEUE_WAIT_S = 2.0
+
+
+# max_ongoing_requests is high so that requests queue here, where the admission bounds their
+# wait, rather than in Serve's router, where nothing does (serve/config.yaml says the same).
+@serve.deployment(name="ClareAPI", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256, max_queued_requests=256)
 @serve.ingress(api)
 class ClareAPI:
     """The ingress: one replica handles many requests at once, each through the pipeline of the
     topology it was built with (regressor settings: single; a Regressor deployment: ingress; a
-    Preprocessor deployment too: chain)."""
+    Preprocessor deployment too: chain), working on as many at a time as the pipeline has slots
+    and admitting the rest within the queue-wait budget."""
 
     def __init__(self, regressor: DeploymentHandle | RegressorSettings, bundle: str, max_body_mb: float,
                  preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
-                 images_root: str | None = None, decode_threads: int | None = None, limits: ScanConfig = ScanConfig()) -> None:
+                 images_root: str | None = None, decode_threads: int | None = None, limits: ScanConfig = ScanConfig(),
+                 max_queue_wait_s: float = MAX_QUEUE_WAIT_S) -> None:
         loaded = load_bundle(bundle)
         self.model_version, self.algorithm, self.limits = loaded.model_version, algorithm_of(loaded), limits
         self.pipeline = pipeline_for(regressor, bundle, preprocessor, lookup, images_root, decode_threads, limits)
+        self.admission = Admission(self.pipeline.slots, max_queue_wait_s)
+        api.state.admission = self.admission
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
         api.state.model_version = self.model_version
@@ -150,26 +180,39 @@ class ClareAPI:
         api.state.requests_counter = metrics.Counter(
             "clare_api_requests", description="Answers of the clare-dist API by route and HTTP status",
             tag_keys=("route", "status"))
+        api.state.shed_counter = metrics.Counter(
+            "clare_api_shed_requests", description="Scans answered 503 because they could not start within the queue-wait "
+            "budget, by reason (at_arrival: expected wait over the budget; waited_past_budget)", tag_keys=("reason",))
         self.stage_seconds = metrics.Histogram(
             "clare_api_stage_seconds", description="Time per stage of a screening request, hop included",
             boundaries=STAGE_BUCKETS_S, tag_keys=("stage",))
-        log.info("clare-dist API for model %s through %s; bearer token %s", self.model_version,
-                 type(self.pipeline).__name__, "required" if self.token else "off")
+        log.info("clare-dist API for model %s through %s (%d at once, queue-wait budget %g s); bearer token %s",
+                 self.model_version, type(self.pipeline).__name__, self.pipeline.slots, max_queue_wait_s,
+                 "required" if self.token else "off")
 
-    @api.get("/healthz", summary="Alive: the ingress replica answers", operation_id="healthz", response_model=Alive,
-             responses=answers({"description": "alive"}))
+    @api.get("/healthz", summary="Alive: the ingress replica answers (also while it sheds load)", operation_id="healthz",
+             response_model=Alive, responses=answers({"description": "alive"}))
     async def healthz(self) -> dict[str, str]:
         return {"status": "alive"}
 
-    @api.get("/readyz", summary="Ready: the bundle is loaded and every stage answers with the same model", operation_id="readyz",
+    @api.get("/readyz", summary="Ready: the bundle is loaded and every stage answers with the same model; "
+             "state says whether it is shedding load (overloaded) or not working (down)", operation_id="readyz",
              response_model=Readiness,
-             responses=answers({"description": "ready"}) | {503: {"model": Readiness, "description": "not ready: a stage did not answer, "
-                                                                   "or answers with another model", "headers": ANSWER_HEADERS}})
+             responses=answers({"description": "ready, or overloaded: working at capacity and answering 503 to what "
+                                               "cannot start within the queue-wait budget"})
+             | {503: {"model": Readiness, "description": "down: a stage did not answer, or answers with another model",
+                      "headers": ANSWER_HEADERS}})
     async def readyz(self, request: Request) -> JSONResponse:
         stages = await self.pipeline.stage_versions()
         ready = all(version == self.model_version for version in stages.values())
-        return JSONResponse(Readiness(ready=ready, model_version=self.model_version, stages=stages).model_dump(),
-                            status_code=200 if ready else 503)
+        queue = self.admission.state()
+        state = "down" if not ready else "overloaded" if queue.overloaded else "ready"
+        body = Readiness(ready=ready, state=state, model_version=self.model_version, stages=stages,
+                         queue=Queue(slots=queue.slots, working=queue.busy, waiting=queue.queued, budget_s=queue.budget_s,
+                                     expected_wait_s=queue.expected_wait_s, service_rate_per_s=queue.service_rate_per_s,
+                                     shed=queue.shed))
+        # Overloaded is ready: taking a shedding replica out of rotation would only overload the others.
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     @api.post("/v1/predict", summary="Screen one scan: decision, explanation, similar known cases", operation_id="predict",
               description="Answers JSON, or with `Accept: application/dicom` the DICOM SR (TID 1500) of a DICOM scan in "
@@ -180,17 +223,20 @@ class ClareAPI:
     async def predict(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> Response:
         authorize(request, self.token)
         media = negotiate(request.headers.get("accept"))  # before any work: a 406 costs nothing
+        arrival = self.admission.check()  # a 503 costs nothing either: the body is not read
         rid = request_id(request)
         body = await scan_bytes(request, self.max_body)
-        start = time.perf_counter()
-        screening, seconds = await self.pipeline.screen(body, rid, k)
-        seconds["chain"] = time.perf_counter() - start
-        self._observe(seconds)
-        if media != JSON:
-            from serve.encodings import encoded_answer  # highdicom and the FHIR models load on the first such request
+        async with self.admission.slot(arrival) as waited:
+            start = time.perf_counter()
+            screening, seconds = await self.pipeline.screen(body, rid, k)
+            seconds["chain"] = time.perf_counter() - start
+            seconds["admission"] = waited
+            self._observe(seconds)
+            if media != JSON:
+                from serve.encodings import encoded_answer  # highdicom and the FHIR models load on the first such request
 
-            content = await asyncio.to_thread(encoded_answer, screening, body, media, self.algorithm, self.limits)
-            return Response(content, media_type=media, headers=server_timing(seconds))
+                content = await asyncio.to_thread(encoded_answer, screening, body, media, self.algorithm, self.limits)
+                return Response(content, media_type=media, headers=server_timing(seconds))
         # validated as the documented ScreeningAnswer, so the document and the answer cannot drift apart
         answer = ScreeningAnswer.model_validate(api_answer(screening, rid)).model_dump(mode="json")
         return JSONResponse(answer, headers=server_timing(seconds))
@@ -200,8 +246,11 @@ class ClareAPI:
               responses=answers(PNG | {"description": "the figure (the paper's Fig. 5 and 7)", "headers": TIMED_HEADERS}, *SCAN_ERRORS))
     async def predict_plot(self, request: Request, k: int = Query(DEFAULT_K, ge=1, le=MAX_K)) -> Response:
         authorize(request, self.token)
+        arrival = self.admission.check()
         body = await scan_bytes(request, self.max_body)
-        png, seconds = await self.pipeline.plot(body, request_id(request), k)
+        async with self.admission.slot(arrival) as waited:
+            png, seconds = await self.pipeline.plot(body, request_id(request), k)
+        seconds["admission"] = waited
         self._observe(seconds)
         return Response(png, media_type="image/png", headers=server_timing(seconds))
 

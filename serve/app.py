@@ -31,7 +31,7 @@ from ray import serve
 from ray.serve import Application
 
 from clare_dist.scans import ScanConfig
-from serve.api import ClareAPI
+from serve.api import MAX_QUEUE_WAIT_S, ClareAPI
 from serve.stages import CaseLookup, Preprocessor, Regressor, RegressorSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ INGRESS_CPUS = {"single": 1.5, "ingress": 1.0, "chain": ClareAPI.ray_actor_optio
 # nodes (the RayService sets them too).
 THROUGHPUT_OPTIMIZED = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 HAPROXY_INGRESS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "SERVE_SOCKET_REUSE_PORT_ENABLED": "1"}
+# How long a stopping ingress replica lets the requests it admitted finish: at most the queue-wait
+# budget waiting plus their work, with room for a figure (/v1/predict/plot).
+DRAIN_S = 10.0
 
 
 def serve_environment() -> dict[str, str]:
@@ -77,6 +80,10 @@ class AppArgs(BaseModel):
     max_file_mb: float = Field(ScanConfig.max_file_mb, gt=0, description="largest scan in MiB once read, or once a Deflate DICOM is inflated (422 beyond)")
     max_frames: int = Field(ScanConfig.max_frames, ge=1, description="most frames a multi-frame DICOM may declare (its first frame is screened)")
     max_aspect: float = Field(ScanConfig.max_aspect, ge=1, description="largest ratio of a scan's longer side to its shorter")
+    max_queue_wait_s: float = Field(MAX_QUEUE_WAIT_S, gt=0, description="queue-wait budget in seconds: a scan that cannot start "
+                                    "within it is answered 503 at once, with Retry-After from the current service rate")
+    drain_s: float = Field(DRAIN_S, gt=0, description="seconds a stopping ingress replica lets the requests it admitted finish "
+                           "(Serve's graceful_shutdown_timeout_s)")
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a Regressor deployment's batch waits to fill (0: take what has queued while the last batch ran; "
                                  "scan workers always take what has queued)")
@@ -108,7 +115,8 @@ def build_app(args: dict[str, Any]) -> Application:
     topology = resolve_topology(settings.topology)
     regressing = {"num_gpus": _regressor_gpus(settings)}
     ingress = {"num_cpus": INGRESS_CPUS[topology]} | (regressing if topology == "single" else {})
-    stages = {"ClareAPI": ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | ingress)}
+    stages = {"ClareAPI": ClareAPI.options(ray_actor_options=ClareAPI.ray_actor_options | ingress,
+                                           graceful_shutdown_timeout_s=settings.drain_s)}
     if topology != "single":
         stages["Regressor"] = Regressor.options(ray_actor_options=Regressor.ray_actor_options | regressing)
     if topology == "chain":
@@ -125,11 +133,13 @@ def build_app(args: dict[str, Any]) -> Application:
         regressor = stages["Regressor"].bind(settings.bundle, regressor)
     if topology != "chain":
         return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
-                                       decode_threads=settings.decode_threads, limits=settings.scan_limits())
+                                       decode_threads=settings.decode_threads, limits=settings.scan_limits(),
+                                       max_queue_wait_s=settings.max_queue_wait_s)
     return stages["ClareAPI"].bind(
         regressor, settings.bundle, settings.max_body_mb,
         preprocessor=stages["Preprocessor"].bind(settings.bundle, settings.scan_limits()),
         lookup=stages["CaseLookup"].bind(settings.bundle, settings.images_root),
+        max_queue_wait_s=settings.max_queue_wait_s,
     )
 
 
@@ -148,14 +158,11 @@ def config_autoscaling(config_file: Path = CONFIG_FILE) -> dict[str, dict[str, A
     return {d["name"]: d["autoscaling_config"] for d in app["deployments"] if "autoscaling_config" in d}
 
 
-def run(args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, blocking: bool = True) -> None:
+def run(args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000) -> None:
     """Start Serve's HTTP proxy on host:port and deploy the application (Ray must be connected);
-    blocking, until Ctrl-C, which shuts Serve down."""
+    returns once it is deployed (serve/lifecycle.py waits for the stop and shuts it down)."""
     serve.start(http_options={"host": host, "port": port})
-    try:
-        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=blocking)
-    except KeyboardInterrupt:
-        serve.shutdown()
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
 
 
 def _regressor_gpus(settings: AppArgs) -> float:

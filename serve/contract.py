@@ -90,12 +90,29 @@ class Alive(BaseModel):
     status: Literal["alive"]
 
 
+class Queue(BaseModel):
+    """The ingress replica's admission (serve/admission.py): what it works on, what waits, what it refused."""
+
+    slots: int = Field(description="requests this replica works on at once")
+    working: int
+    waiting: int = Field(description="requests admitted, waiting for a slot")
+    budget_s: float = Field(description="the queue-wait budget: a request that cannot start within it is answered 503")
+    expected_wait_s: float = Field(description="how long a request arriving now would wait for a slot")
+    service_rate_per_s: float | None = Field(description="requests started per second while every slot is busy (null before the first answer)")
+    shed: dict[str, int] = Field(description="requests answered 503 since the replica started, by reason: at_arrival "
+                                 "(expected wait over the budget), waited_past_budget")
+
+
 class Readiness(BaseModel):
-    """Whether every stage answers with the bundle's model version."""
+    """Whether every stage answers with the bundle's model version, and whether it is shedding load."""
 
     ready: bool
+    state: Literal["ready", "overloaded", "down"] = Field(description="ready; overloaded: working at capacity and answering "
+                                                          "503 with Retry-After to what cannot start within the budget (shed in "
+                                                          "the last 10 s, or a request now would wait longer); down: not ready")
     model_version: str
     stages: dict[str, str | None] = Field(description="the model version each stage answers with (null: it did not answer)")
+    queue: Queue
 
 
 bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False, description=(
@@ -118,12 +135,13 @@ ERRORS = {
     422: "an invalid parameter (invalid_parameters), or a scan that cannot be screened, with the reason: "
          "empty, truncated, not an image, too many pixels, ...; or, for a DICOM SR, a scan that is not DICOM (not_dicom), "
          "or a source whose header lacks what the result must carry (cannot_encode)",
-    503: "a stage's queue is full: retry after Retry-After seconds (overloaded)",
+    503: "the scan cannot start within the server's queue-wait budget, or a stage's queue is full: retry after "
+         "Retry-After seconds, which the server computes from its current service rate (overloaded)",
 }
 HEADER = {"schema": {"type": "string"}, "required": True}
 ANSWER_HEADERS = {"x-request-id": HEADER | {"description": "the request's id"},
                    "x-model-version": HEADER | {"description": "the model bundle's content hash"}}
-TIMED_HEADERS = ANSWER_HEADERS | {"server-timing": HEADER | {"description": "seconds of each stage (queue, decode, regress, lookup, chain)"}}
+TIMED_HEADERS = ANSWER_HEADERS | {"server-timing": HEADER | {"description": "seconds of each stage (admission: waiting for a slot; queue, decode, regress, lookup, chain)"}}
 ERROR_HEADERS = {401: {"WWW-Authenticate": HEADER | {"description": "Bearer"}},
                   503: {"Retry-After": HEADER | {"description": "seconds"}}}
 

@@ -7,9 +7,11 @@
 - `ChainPipeline` (topology chain): every stage a deployment of its own, chained, so the ingress
   awaits once at the chain's end. Three hops.
 
-Each answers `screen`, `plot`, `case_image` and `stage_versions`. A scan that cannot be screened
-raises its ScanError and a full stage queue raises Serve's BackPressureError; the API turns them
-into 422 and 503.
+Each answers `screen`, `plot`, `case_image` and `stage_versions`, and says how many requests
+the ingress replica should work on at once (`slots`, for serve/admission.py: more only queue
+inside the pipeline, where no budget bounds their wait). A scan that cannot be screened raises
+its ScanError and a full stage queue raises Serve's BackPressureError; the API turns them into
+422 and 503.
 """
 
 import asyncio
@@ -29,6 +31,9 @@ from serve.stages import CaseLookup, DecodedScan, Preprocessor, Regressed, Regre
 log = logging.getLogger("ray.serve")
 
 READY_TIMEOUT_S = 5.0
+# Requests an ingress replica of the chain works on at once: it cannot see how many replicas the
+# stages behind it have; two per core of the 2-core machine the chain was measured on.
+CHAIN_SLOTS = 4
 Outcome = tuple[Screening, dict[str, float]]
 
 
@@ -69,6 +74,7 @@ class SinglePipeline:
                                    max_batch=settings.max_batch_size, wide_threads=settings.threads or cores,
                                    spinning=settings.spinning)
         self.local = _LocalStages(bundle, limits, images_root, decode_threads or replica_cpus())
+        self.slots = len(self.workers.threads)  # one scan per worker: a scan admitted is a scan being worked on
 
     async def screen(self, body: bytes, rid: str, k: int) -> Outcome:
         done = await asyncio.wrap_future(self.workers.submit(body))
@@ -92,7 +98,9 @@ class IngressPipeline:
     def __init__(self, bundle: str, regressor: DeploymentHandle, limits: ScanConfig, images_root: str | None,
                  decode_threads: int | None) -> None:
         self.regressor = regressor
-        self.local = _LocalStages(bundle, limits, images_root, decode_threads or replica_cpus())
+        threads = decode_threads or replica_cpus()
+        self.local = _LocalStages(bundle, limits, images_root, threads)
+        self.slots = 2 * threads  # one scan decoding and one at the regressor per decoding thread
 
     async def screen(self, body: bytes, rid: str, k: int) -> Outcome:
         decoded = await self.local.decode(body, rid)
@@ -113,6 +121,7 @@ class IngressPipeline:
 class ChainPipeline:
     def __init__(self, preprocessor: DeploymentHandle, regressor: DeploymentHandle, lookup: DeploymentHandle) -> None:
         self.preprocessor, self.regressor, self.lookup = preprocessor, regressor, lookup
+        self.slots = CHAIN_SLOTS
 
     async def screen(self, body: bytes, rid: str, k: int) -> Outcome:
         # each stage gets the previous one's result straight from it (a bad scan travels the chain

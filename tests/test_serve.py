@@ -345,17 +345,20 @@ def test_regressor_spins_only_when_asked(tiny_bundle, spinning):
 def test_serve_command_builds_the_app_from_its_options(tiny_bundle, monkeypatch):
     """`clare-dist serve` hands its options to the application builder's args (AppArgs) unchanged."""
     from clare_dist import cli
-    from serve import app
+    from serve import app, lifecycle
 
     given = {}
-    monkeypatch.setattr(cli, "_connect_ray", lambda address, num_cpus: None)
-    monkeypatch.setattr(app, "run", lambda args, host, port, blocking: given.update(args, host=host, port=port))
+    monkeypatch.setattr(lifecycle, "serve_until_stopped", lambda args, host, port, address, num_cpus: given.update(args, host=host, port=port))
     argv = ["serve", "--bundle", str(tiny_bundle), "--port", "8123", "--replicas", "2", "--ort-threads", "1",
-            "--decode-threads", "1", "--topology", "single"]
+            "--decode-threads", "1", "--topology", "single", "--max-queue-wait-s", "0.5"]
     assert cli.main(argv) == 0
     settings = app.AppArgs.model_validate({k: v for k, v in given.items() if k not in ("host", "port")})
     assert (settings.replicas, settings.ort_threads, settings.decode_threads, settings.topology) == (2, 1, 1, "single")
     assert given["port"] == 8123 and settings.bundle == str(tiny_bundle.resolve())
+    assert (settings.max_queue_wait_s, settings.drain_s) == (0.5, app.DRAIN_S)
+    given.clear()
+    assert cli.main(argv[:-2]) == 0  # the command's defaults are the application's
+    assert (given["max_queue_wait_s"], given["drain_s"]) == (app.AppArgs.model_fields["max_queue_wait_s"].default, app.DRAIN_S)
 
 
 def test_auto_topology_follows_the_gpus(monkeypatch):

@@ -1,0 +1,156 @@
+"""`clare-dist serve` stops clean: SIGTERM lets the requests in flight finish, then Serve, the
+local Ray and HAProxy are gone and the port is free; after a SIGKILL of its whole process group
+the watchdog ends what was left (HAProxy) within seconds. And a start on a port that something
+holds names it, with the command that ends it. The process table and the port are checked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from PIL import Image
+from scan_files import gradient, png_bytes
+
+from clare_dist.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on it (the connections of the test's requests may linger in TIME_WAIT)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_serve(bundle: Path, port: int, log: Path, *options: str) -> subprocess.Popen:
+    """`clare-dist serve` on a local Ray of its own, in a process group of its own (as a terminal
+    starts it), until GET /readyz answers 200."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "clare_dist", "serve", "--bundle", str(bundle), "--port", str(port),
+               "--num-cpus", "2", *options]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"serve exited with {process.returncode}: {log.read_text()[-3000:]}"
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                return process
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail(f"serve was not ready within {START_TIMEOUT_S} s: {log.read_text()[-3000:]}")
+
+
+def started_by(process: subprocess.Popen) -> dict[int, tuple[str, float]]:
+    """pid → (name, start time) of everything the command has started."""
+    found = {}
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            found[child.pid] = (child.name(), child.create_time())
+        except psutil.Error:
+            continue
+    return found
+
+
+def still_running(started: dict[int, tuple[str, float]]) -> list[str]:
+    alive = []
+    for pid, (name, created) in started.items():
+        try:
+            child = psutil.Process(pid)
+            if child.create_time() == created and child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{name} ({pid})")
+        except psutil.Error:
+            continue
+    return alive
+
+
+def assert_nothing_left(started: dict[int, tuple[str, float]], port: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while (still_running(started) or not port_is_free(port)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert still_running(started) == []
+    assert port_is_free(port), f"port {port} is still held"
+
+
+def haproxy_expected() -> bool:
+    from serve.app import HAPROXY_INGRESS, serve_environment
+
+    return HAPROXY_INGRESS.items() <= serve_environment().items()
+
+
+@pytest.mark.cluster
+def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_bundle, tmp_path):
+    port = free_port()
+    process = start_serve(tiny_bundle, port, tmp_path / "serve.log", "--max-queue-wait-s", "60")
+    started = started_by(process)
+    names = {name for name, _ in started.values()}
+    assert "raylet" in names and "gcs_server" in names
+    assert ("haproxy" in names) == haproxy_expected()
+    png = png_bytes(Image.fromarray(gradient(256, 256)))
+
+    def plot() -> int:  # the first figure loads matplotlib: seconds in flight
+        return requests.post(f"http://127.0.0.1:{port}/v1/predict/plot", data=png, headers={"Content-Type": "image/png"},
+                             timeout=120).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = [pool.submit(plot) for _ in range(4)]
+        time.sleep(0.5)
+        assert not any(a.done() for a in answers), "the requests must still be in flight for this test to mean anything"
+        stopping = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        statuses = [a.result() for a in answers]
+    assert process.wait(timeout=120) == 0
+    stop_s = time.monotonic() - stopping
+    assert statuses == [200] * 4
+    assert_nothing_left(started, port, within_s=5)
+    log = (tmp_path / "serve.log").read_text()
+    assert "SIGTERM: stopping" in log and "stopped: Serve and the local Ray" in log
+    print(f"stopped in {stop_s:.1f} s with 4 requests in flight")
+
+
+@pytest.mark.cluster
+def test_a_killed_serve_leaves_nothing_running(tiny_bundle, tmp_path):
+    port = free_port()
+    process = start_serve(tiny_bundle, port, tmp_path / "serve.log")
+    started = started_by(process)
+    assert ("haproxy" in {name for name, _ in started.values()}) == haproxy_expected()
+    os.killpg(process.pid, signal.SIGKILL)  # what an OOM killer or a closed terminal's group kill does
+    process.wait(timeout=30)
+    assert_nothing_left(started, port, within_s=30)
+
+
+def test_a_taken_port_is_named_with_the_command_that_ends_its_holder(tiny_bundle, monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["serve", "--bundle", str(tiny_bundle), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} is in use by " in err and f"(pid {os.getpid()})" in err
+    assert f"end it with `kill {os.getpid()}`" in err and "Traceback" not in err
+
