@@ -50,7 +50,7 @@ def web(orthanc):
 
 @pytest.fixture(scope="module")
 def dimse(orthanc):
-    return DimsePacs("127.0.0.1", orthanc.dicom_port, orthanc.aet, "CLARETEST", retries=2, backoff_s=0.2)
+    return DimsePacs("127.0.0.1", orthanc.dicom_port, orthanc.aet, "CLARETEST", timeout_s=10, retries=2, backoff_s=0.2)
 
 
 def listed(pacs, uids) -> list:

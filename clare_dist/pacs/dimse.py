@@ -103,16 +103,14 @@ class DimsePacs:
 
     def query(self, selection: Selection) -> Iterator[Instance]:
         """Series of the selected modalities and dates (C-FIND SERIES), then their instances (C-FIND IMAGE)."""
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
-
         listed = 0
-        with self._association([FIND]) as assoc:
+        with _Finder(self) as finder:
             for modality in selection.modalities:
-                series = self._find(assoc, FIND, "SERIES", {"StudyInstanceUID": "", "SeriesInstanceUID": "",
+                series = finder.find("SERIES", {"StudyInstanceUID": "", "SeriesInstanceUID": "",
                                                              "Modality": modality, "BodyPartExamined": "",
                                                              "StudyDate": selection.study_dates or ""})
                 for one in series:
-                    images = self._find(assoc, FIND, "IMAGE", {"StudyInstanceUID": one["StudyInstanceUID"],
+                    images = finder.find("IMAGE", {"StudyInstanceUID": one["StudyInstanceUID"],
                                                                "SeriesInstanceUID": one["SeriesInstanceUID"],
                                                                "SOPInstanceUID": "", "ViewPosition": ""})
                     for image in images:
@@ -185,12 +183,10 @@ class DimsePacs:
 
     def stored(self, study_uid: str, sop_uids: Sequence[str]) -> set[str]:
         """Which of `sop_uids` a C-FIND of the study finds."""
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
-
         found = set()
-        with self._association([FIND]) as assoc:
+        with _Finder(self) as finder:
             for uid in sop_uids:
-                for match in self._find(assoc, FIND, "IMAGE", {"StudyInstanceUID": study_uid, "SeriesInstanceUID": "",
+                for match in finder.find("IMAGE", {"StudyInstanceUID": study_uid, "SeriesInstanceUID": "",
                                                                "SOPInstanceUID": uid}):
                     found.add(match.get("SOPInstanceUID"))
         return found & set(sop_uids)
@@ -240,6 +236,39 @@ class DimsePacs:
             elif status.Status not in (_SUCCESS, *_PENDING):
                 raise PacsError("pacs_refused", f"the PACS at {self.public_url} answered C-FIND with status {status.Status:#06x}")
         return matches
+
+
+class _Finder:
+    """C-FINDs over one association, each retried on a new one when it gets no final answer: pynetdicom
+    sporadically drops C-FIND responses of back-to-back queries as "unexpected" and then waits out
+    the DIMSE timeout (pynetdicom#875); seen here under load against Orthanc."""
+
+    attempts = 3
+
+    def __init__(self, pacs: DimsePacs) -> None:
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        self.pacs, self.model, self.closing = pacs, StudyRootQueryRetrieveInformationModelFind, None
+
+    def __enter__(self) -> _Finder:
+        self.closing = self.pacs._association([self.model])
+        return self
+
+    def find(self, level: str, keys: dict[str, str]) -> list[dict[str, str]]:
+        for attempt in range(self.attempts):
+            try:
+                return self.pacs._find(self.closing.assoc, self.model, level, keys)
+            except PacsError as err:
+                if err.kind != "pacs_unreachable" or attempt == self.attempts - 1:
+                    raise
+                log.warning("a C-FIND of %s got no final answer; retrying it on a new association", self.pacs.public_url)
+                self.closing.__exit__(PacsError, err, None)
+                self.closing = self.pacs._association([self.model])
+        raise AssertionError("unreachable")
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.closing is not None:
+            self.closing.__exit__(kind, value, traceback)
 
 
 class _Closing:
