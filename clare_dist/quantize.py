@@ -85,8 +85,8 @@ def quantize_regressor(fp32: Path, out: Path, calibration: Sequence[np.ndarray],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         scans = np.stack(check)
-        expected = run_regressor(open_session(fp32, prefer_gpu=False), scans)
-        got = run_regressor(open_session(quantized, prefer_gpu=False), scans)
+        expected = run_regressor(open_session(fp32, prefer_gpu=False), scans).coords
+        got = run_regressor(open_session(quantized, prefer_gpu=False), scans).coords
         agreement = float(np.mean(apply_rules(got, references).r4 == apply_rules(expected, references).r4))
         report = Quantization(len(calibration), len(scans), agreement, float(np.abs(got - expected).max()),
                               fp32_model_version, time.perf_counter() - started)
