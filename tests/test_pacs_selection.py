@@ -130,3 +130,10 @@ def test_the_listener_reads_the_apis_answer_back_into_the_same_screening():
     with pytest.raises(PacsError) as down:
         screen_on_api(url, b"dicom", "1.2.3", "m-1")
     assert down.value.kind == "pacs_unreachable"
+
+
+def test_a_multipart_answer_cut_short_is_a_bad_answer():
+    body = b"--frontier\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 128 + b"DICM cut"
+    with pytest.raises(PacsError) as cut:
+        _dicom_part('multipart/related; type="application/dicom"; boundary="frontier"', body)
+    assert cut.value.kind == "pacs_bad_answer"

@@ -10,7 +10,7 @@ retried with exponential backoff by urllib3 on the session; the retries outlast 
 
 from __future__ import annotations
 
-import email.parser
+import email.message
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -203,14 +203,22 @@ def _check_uids(instance: Instance) -> None:
 
 
 def _dicom_part(content_type: str, body: bytes) -> bytes:
-    """The DICOM object of a WADO-RS answer: the first part of a multipart/related body, or the body itself."""
+    """The DICOM object of a WADO-RS answer: the first part of a multipart/related body, or the body itself.
+
+    The body is split at its boundary (RFC 2046) rather than fed to the stdlib's email parser, which
+    reads a 2 MB instance line by line and cost ~150 ms of the ~175 ms a retrieval took (bench_pacs)."""
     if content_type.lower().startswith("application/dicom"):
         return body
-    if not content_type.lower().startswith("multipart/related"):
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary") if content_type.lower().startswith("multipart/related") else None
+    if not isinstance(boundary, str) or not boundary:
         raise PacsError("pacs_bad_answer", f"the PACS answered a retrieval with {content_type or 'no content type'}, "
                                            "not DICOM")
-    message = email.parser.BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
-    parts = message.get_payload() if message.is_multipart() else []
-    if not parts:
-        raise PacsError("pacs_bad_answer", "the PACS answered a retrieval with an empty multipart body")
-    return parts[0].get_payload(decode=True) or b""
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    opening = body.find(delimiter)
+    headers_end = body.find(b"\r\n\r\n", opening) if opening >= 0 else -1
+    closing = body.find(b"\r\n" + delimiter, headers_end) if headers_end >= 0 else -1
+    if closing < 0:
+        raise PacsError("pacs_bad_answer", "the PACS answered a retrieval with a multipart body that holds no complete part")
+    return body[headers_end + 4:closing]
