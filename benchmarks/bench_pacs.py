@@ -17,6 +17,7 @@ script needs root and Debian's orthanc + orthanc-dicomweb, and uses the tests' O
 
     sudo python benchmarks/bench_pacs.py                      # 1,000 instances of 1024²
     sudo python benchmarks/bench_pacs.py --instances 200      # quicker
+    sudo python benchmarks/bench_pacs.py --instances 60 --latency-only --out benchmarks/results/pacs-latency.json
 
 Do not run it beside other heavy work: on a 2-core machine any other process moves the figures.
 """
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="the model's input (a cheap model shows the I/O)")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--latency-samples", type=int, default=40)
+    parser.add_argument("--latency-only", action="store_true", help="only the per-instance latencies (no Ray jobs)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/clare-bench-pacs"))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "pacs.json")
     args = parser.parse_args()
@@ -89,18 +91,19 @@ def run(args: argparse.Namespace) -> None:
         for name, figures in latency.items():
             print(f"{name:>34}: p50 {figures['p50_ms']:8.2f} ms  p99 {figures['p99_ms']:8.2f} ms  (n={figures['n']})")
 
-        ray.init(num_cpus=args.cpus, include_dashboard=False)
         jobs = {}
-        for name, source in job_sources(args, web, dimse, folder):
+        if not args.latency_only:
+            ray.init(num_cpus=args.cpus, include_dashboard=False)
+        for name, source in [] if args.latency_only else job_sources(args, web, dimse, folder):
             seconds, rows = timed_embed(bundle_path, source, args.workdir / "runs" / name)
             jobs[name] = {"seconds": seconds, "instances_per_s": args.instances / seconds,
                           "rows": rows["status"].value_counts().to_dict(),
                           "confirmed": int((rows["results_stored"] == "confirmed").sum())}
             print(f"{name:>34}: {seconds:7.1f} s  {args.instances / seconds:6.1f} instances/s  {jobs[name]['rows']}")
-        ray.shutdown()
-        base = jobs["folder"]["instances_per_s"]
-        for name, job in jobs.items():
-            job["vs_folder"] = job["instances_per_s"] / base
+        if jobs:
+            ray.shutdown()
+            for job in jobs.values():
+                job["vs_folder"] = job["instances_per_s"] / jobs["folder"]["instances_per_s"]
         write_json({"instances": args.instances, "size": args.size, "image_size": args.image_size, "cpus": args.cpus,
                     "upload_s": upload_s, "latency": latency, "jobs": jobs, "machine": machine(),
                     "pydicom": pydicom.__version__}, args.out)

@@ -119,8 +119,11 @@ class DicomWebPacs:
         """The instance's Part 10 bytes in its stored transfer syntax; ScanError past `max_bytes`."""
         _check_uids(instance)
         url = f"{self.url.rstrip('/')}/{instance.wado_path}"
-        response = self._call(lambda: self.session.get(url, headers={"Accept": _ACCEPT_STORED}, stream=True,
-                                                       timeout=self.timeout_s), "retrieve an instance", instance)
+        # Accept-Encoding identity: a PACS that gzips its answers (Orthanc does by default) spends ~110 ms
+        # compressing a 1024² DX that the client then inflates; uncompressed it takes ~6 ms (bench_pacs)
+        headers = {"Accept": _ACCEPT_STORED, "Accept-Encoding": "identity"}
+        response = self._call(lambda: self.session.get(url, headers=headers, stream=True, timeout=self.timeout_s),
+                              "retrieve an instance", instance)
         with response:
             declared = int(response.headers.get("Content-Length") or 0)
             if declared > max_bytes + 64 * 1024:  # the multipart framing is a few hundred bytes
@@ -206,7 +209,7 @@ def _dicom_part(content_type: str, body: bytes) -> bytes:
     """The DICOM object of a WADO-RS answer: the first part of a multipart/related body, or the body itself.
 
     The body is split at its boundary (RFC 2046) rather than fed to the stdlib's email parser, which
-    reads a 2 MB instance line by line and cost ~150 ms of the ~175 ms a retrieval took (bench_pacs)."""
+    copies a 2 MB instance line by line."""
     if content_type.lower().startswith("application/dicom"):
         return body
     header = email.message.Message()
