@@ -228,19 +228,41 @@ class DimsePacs:
 
     def _find(self, assoc: Any, model: str, level: str, keys: dict[str, str]) -> list[dict[str, str]]:
         matches = []
-        for status, identifier in assoc.send_c_find(_identifier(level, keys), model):
-            if not status:
-                raise PacsError("pacs_unreachable", f"the PACS at {self.public_url} stopped answering a C-FIND")
-            if status.Status in _PENDING and identifier is not None:
-                matches.append({k: str(identifier.get(k, "") or "") for k in keys})
-            elif status.Status not in (_SUCCESS, *_PENDING):
-                raise PacsError("pacs_refused", f"the PACS at {self.public_url} answered C-FIND with status {status.Status:#06x}")
+        with _DroppedResponses() as dropped:
+            for status, identifier in assoc.send_c_find(_identifier(level, keys), model):
+                if not status:
+                    raise PacsError("pacs_unreachable", f"the PACS at {self.public_url} stopped answering a C-FIND")
+                if status.Status in _PENDING and identifier is not None:
+                    matches.append({k: str(identifier.get(k, "") or "") for k in keys})
+                elif status.Status not in (_SUCCESS, *_PENDING):
+                    raise PacsError("pacs_refused", f"the PACS at {self.public_url} answered C-FIND with status {status.Status:#06x}")
+        if dropped.count:  # a match may be among them: the answer is incomplete, and is asked again
+            raise PacsError("pacs_unreachable", f"pynetdicom dropped {dropped.count} C-FIND responses of {self.public_url}")
         return matches
 
 
+class _DroppedResponses(logging.Handler):
+    """Counts the C-FIND responses pynetdicom discards as "unexpected" while a find runs (it only logs them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "unexpected C-FIND" in record.getMessage():
+            self.count += 1
+
+    def __enter__(self) -> _DroppedResponses:
+        logging.getLogger("pynetdicom.association").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("pynetdicom.association").removeHandler(self)
+
+
 class _Finder:
-    """C-FINDs over one association, each retried on a new one when it gets no final answer: pynetdicom
-    sporadically drops C-FIND responses of back-to-back queries as "unexpected" and then waits out
+    """C-FINDs over one association, each retried on a new one when responses were lost: pynetdicom
+    sporadically drops C-FIND responses of back-to-back queries as "unexpected" and may then wait out
     the DIMSE timeout (pynetdicom#875); seen here under load against Orthanc."""
 
     attempts = 3
