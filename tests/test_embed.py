@@ -117,7 +117,10 @@ def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bun
     order = pd.read_csv(tmp_path / "worklist.csv")  # every scan in reading order, failed ones last
     assert len(order) == len(results) and order["rank"].tolist() == list(range(1, len(results) + 1))
     screened = order[order["status"] == "ok"]
-    assert len(screened) == 30 and screened["triage_score"].is_monotonic_decreasing
+    assert len(screened) == 30 and screened["rank"].tolist() == list(range(1, 31))
+    ranked = screened[screened["needs_review"].astype(str) != "True"]  # flagged scans follow the ranked ones
+    assert ranked["triage_score"].notna().all() and ranked["triage_score"].is_monotonic_decreasing
+    assert screened["triage_score"].isna().tolist() == [False] * len(ranked) + [True] * (30 - len(ranked))
     assert order["status"].iloc[30:].eq("error").all() and 'id="worklist"' in page
 
     # The hospital's files: an SR and a Secondary Capture in the study of the one complete DX (the
