@@ -92,8 +92,11 @@ def test_ready_and_alive(app_url, indexed_tiny_bundle, request):
     version = load_bundle(indexed_tiny_bundle).model_version
     ready = requests.get(f"{app_url}/readyz", timeout=30)
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "model_version": version,
-                            "stages": {"Preprocessor": version, "Regressor": version, "CaseLookup": version}}
+    body = ready.json()
+    assert {k: body[k] for k in ("ready", "state", "model_version", "stages")} == {
+        "ready": True, "state": "ready", "model_version": version,
+        "stages": {"Preprocessor": version, "Regressor": version, "CaseLookup": version}}
+    assert body["queue"]["shed"] == 0 and body["queue"]["slots"] >= 1  # the admission queue, not shedding
     assert requests.get(f"{app_url}/healthz", timeout=30).json() == {"status": "alive"}
     paths = requests.get(f"{app_url}/openapi.json", timeout=30).json()["paths"]
     assert {"/v1/predict", "/v1/predict/plot", "/v1/cases/{case_id}/image", "/healthz", "/readyz"} <= set(paths)
@@ -116,7 +119,7 @@ def test_png_answer_equals_clare_dist_predict(app_url, indexed_tiny_bundle, arch
     assert response.headers["x-model-version"] == answer["model_version"]
     assert "not a certified medical device" in answer["intended_use"]
     queue = {"queue"} if request.node.callspec.params["app_url"] == "single" else set()  # waiting for a scan worker
-    assert {stage.split(";")[0] for stage in response.headers["server-timing"].split(", ")} == {"decode", "regress", "lookup", "chain"} | queue
+    assert {stage.split(";")[0] for stage in response.headers["server-timing"].split(", ")} == {"admission", "decode", "regress", "lookup", "chain"} | queue
 
 
 @pytest.fixture(scope="module")

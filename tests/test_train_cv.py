@@ -82,5 +82,5 @@ def test_bundle_loads_and_its_graph_reproduces_the_fold_predictions(trained_run,
         preprocess_scan(tiny_archive / "archive" / "images" / name, ScanConfig(size=48))
         for name in predictions["image_index"]
     ])
-    coords = run_regressor(open_session(bundle.onnx_path, prefer_gpu=False), scans)
+    coords = run_regressor(open_session(bundle.onnx_path, prefer_gpu=False), scans).coords
     assert np.abs(coords - predictions[["x", "y"]].to_numpy()).max() < 1e-4
