@@ -15,6 +15,7 @@ import zlib
 from io import BytesIO
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageOps
 
 from clare_dist.scans.errors import ScanConfig, ScanError, check_dimensions
@@ -127,10 +128,21 @@ def read_pillow(data: bytes, fmt: str, config: ScanConfig, jpeg_draft: int | Non
             # a fixed /257 would leave 10-12-bit data (the usual X-ray depth) nearly black.
             return scale_to_uint8(np.asarray(image))
         try:
-            return np.array(image.convert("L"))
+            gray = image if image.mode == "L" else image.convert("L")
         except ValueError as err:
             raise ScanError("unsupported", f"{name} pixel mode {image.mode!r} cannot be made grayscale; "
                                            "save the scan as 8-bit grayscale") from err
+        return _pixels(gray)
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    """An 8-bit image's pixels as a read-only array, lent by Pillow through Arrow's C data interface
+    where its rows are one block of memory (up to 16 MB): np.array copies row by row, ~1 ms a 1024²
+    scan, a sixth of its whole preprocessing. Larger images are copied."""
+    try:
+        return np.asarray(pa.array(image)).reshape(image.height, image.width)
+    except ValueError:  # "Image rows are not contiguous in memory"
+        return np.array(image)
 
 
 def _tag(tag: bytes) -> str:
