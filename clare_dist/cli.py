@@ -193,7 +193,7 @@ def _result_writer(args: argparse.Namespace, screener, limits: ScanConfig) -> Ca
 def cmd_embed(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    pacs_source(args)  # a wrong combination of options fails before Ray starts
+    pacs = pacs_source(args)  # a wrong combination of options fails before Ray starts
     _connect_ray(args.address, args.num_cpus)
     from clare_dist.case_index import build_case_index
     from jobs.embed import EmbedSettings, run_embed
@@ -205,7 +205,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         folders = ResultFolders(args.dicom_out, args.fhir_out)
     settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=scan_limits(args),
                              results=folders)
-    results = run_embed(args.bundle, pacs_source(args) or args.archive, args.out, settings)
+    results = run_embed(args.bundle, pacs or args.archive, args.out, settings)
     counts = results["status"].value_counts()
     skipped = f", {counts['skipped']} skipped" if counts.get("skipped") else ""
     print(f"{len(results)} scans: {counts.get('ok', 0)} screened, {counts.get('error', 0)} failed{skipped}; "

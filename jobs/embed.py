@@ -35,7 +35,6 @@ from clare_dist.batch import (
     read_results,
 )
 from clare_dist.bundle import load_bundle
-from clare_dist.pacs.stages import Pacs
 from clare_dist.encode.parquet_row import to_table
 from clare_dist.ood import OOD_OUTPUT
 from clare_dist.result import DEFAULT_K
@@ -47,6 +46,7 @@ from clare_dist.triage import write_worklist
 
 if TYPE_CHECKING:
     from clare_dist.pacs.selection import Selection
+    from clare_dist.pacs.stages import Pacs
     from clare_dist.result_files import ResultFolders
 
 log = logging.getLogger(__name__)

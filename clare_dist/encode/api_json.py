@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clare_dist.result import INTENDED_USE, Screening
+from clare_dist.result import INTENDED_USE, Screening, SimilarCase
 
 
 def api_answer(screening: Screening, request_id: str) -> dict[str, Any]:
@@ -26,3 +26,15 @@ def api_answer(screening: Screening, request_id: str) -> dict[str, Any]:
         "ood_score": screening.ood_score,
         "intended_use": INTENDED_USE,
     }
+
+
+def screening_from_answer(answer: dict[str, Any], scan_id: str) -> Screening:
+    """The Screening a 200 answer was encoded from (`api_answer` read back), named `scan_id`: a client
+    of the API (the listener's `--serve-url`) then encodes it as the in-process path would."""
+    return Screening(
+        scan_id=scan_id, model_version=answer["model_version"], x=answer["coordinates"]["x"], y=answer["coordinates"]["y"],
+        top3=[t["combination"] for t in answer["top3"]], top3_distances=[t["distance"] for t in answer["top3"]],
+        combination=answer["decision"], **answer["classes"], explanation=answer["explanation"],
+        similar_cases=[SimilarCase(c["case_id"], c["combination"], c["distance"]) for c in answer["similar_cases"]],
+        similar_note=answer.get("similar_note"), ood_score=answer.get("ood_score"), needs_review=answer.get("needs_review"),
+    )

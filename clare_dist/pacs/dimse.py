@@ -311,10 +311,9 @@ def _as_read(ds: Dataset) -> Dataset:
     """The dataset as a file would give it back. A dataset built in memory does not mark encapsulated
     pixel data (a JPEG Secondary Capture) as of undefined length, and pynetdicom encodes it with a
     defined one, which the receiver cannot parse; one written and read back does."""
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    buffer.seek(0)
-    return pydicom.dcmread(buffer)
+    from clare_dist.result_files import dicom_bytes  # only results are stored: their encoders are loaded already
+
+    return pydicom.dcmread(io.BytesIO(dicom_bytes(ds)))
 
 
 def _syntax_of(ds: Dataset) -> str:

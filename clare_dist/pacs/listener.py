@@ -15,7 +15,6 @@ import logging
 import queue
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from clare_dist.pacs.dimse import nodelay
 from clare_dist.pacs.errors import PacsError
 from clare_dist.pacs.listener_log import FAILED, KEPT, SCREENED, SKIPPED, STORED, ListenerLog
 from clare_dist.pacs.selection import Instance, Selection
-from clare_dist.pacs.stages import CONFIRMED, Pacs
+from clare_dist.pacs.stages import CONFIRMED, Pacs, result_datasets, store_confirmed
 from clare_dist.result import Screening
 from clare_dist.scans import ScanConfig, ScanError, read_dicom_header
 from clare_dist.scans.files import load_bytes
@@ -164,10 +163,7 @@ class Listener:
         if header is None:
             self._finish(sop_uid, path, FAILED, "not_an_image: the received object is not DICOM")
             return
-        skip = self.config.selection.skip(Instance(str(header.get("StudyInstanceUID", "")), "", sop_uid,
-                                                   str(header.get("Modality", "") or "") or None,
-                                                   str(header.get("BodyPartExamined", "") or "") or None,
-                                                   str(header.get("ViewPosition", "") or "") or None))
+        skip = self.config.selection.skip(Instance.from_header(header, sop_uid=sop_uid))
         if skip:
             self._finish(sop_uid, path, SKIPPED, f"{skip[0]}: {skip[1]}")
             return
@@ -176,8 +172,9 @@ class Listener:
             self._finish(sop_uid, path, FAILED, f"{screening.error_kind}: {screening.error_reason}")
             return
         self.log.mark(sop_uid, SCREENED, decision=screening.combination)
+        index = self._screener.index if self._screener is not None else None
         try:
-            datasets = self._results(screening, data, header)
+            datasets = result_datasets(screening, data, header, self.bundle, index, self.limits)
         except ClareError as err:
             self._finish(sop_uid, path, FAILED, f"results not made: {err}")
             return
@@ -187,14 +184,8 @@ class Listener:
                     dataset.save_as(tmp, enforce_file_format=True)
             self._finish(sop_uid, path, KEPT, f"results in {self.config.spool / RESULTS}")
             return
-        self.sink.store(datasets)
-        uids = [str(ds.SOPInstanceUID) for ds in datasets]
-        found = self.sink.stored(str(header.StudyInstanceUID), uids)
-        if len(found) == len(uids):
-            self._finish(sop_uid, path, STORED, CONFIRMED)
-        else:
-            self._finish(sop_uid, path, FAILED, f"stored, not confirmed: a query finds {len(uids) - len(found)} of "
-                                                f"{len(uids)} result objects missing")
+        outcome = store_confirmed(self.sink, datasets, str(header.StudyInstanceUID))
+        self._finish(sop_uid, path, STORED if outcome == CONFIRMED else FAILED, outcome)
 
     def _screen(self, data: bytes, sop_uid: str) -> Screening:
         if self.config.serve_url:
@@ -206,14 +197,6 @@ class Listener:
 
             self._screener = Screener(self.bundle, threads=1, limits=self.config.limits)
         return self._screener.screen_many([data], [sop_uid])[0]
-
-    def _results(self, screening: Screening, data: bytes, header) -> list:
-        from clare_dist.encode.identity import algorithm_of
-        from clare_dist.result_files import dicom_results, explanation_picture
-
-        index = self._screener.index if self._screener is not None else None
-        picture = lambda: explanation_picture(self.bundle, index, screening, data, None, self.limits)  # noqa: E731
-        return dicom_results(screening, header, algorithm_of(self.bundle), picture)
 
     def _finish(self, sop_uid: str, path: Path, state: str, detail: str) -> None:
         self.log.mark(sop_uid, state, detail)

@@ -30,6 +30,15 @@ class Instance:
     body_part: str | None = None
     view: str | None = None
 
+    @classmethod
+    def from_header(cls, header, study_uid: str = "", series_uid: str = "", sop_uid: str = "") -> Instance:
+        """The instance as its own DICOM header describes it (authoritative over a query's answer);
+        the UIDs given are kept."""
+        def value(keyword: str) -> str | None:
+            return str(header.get(keyword, "") or "") or None
+
+        return cls(study_uid, series_uid, sop_uid, value("Modality"), value("BodyPartExamined"), value("ViewPosition"))
+
     @property
     def wado_path(self) -> str:
         """Where the instance is, relative to the PACS (the row's `path`: UIDs only, no patient data)."""

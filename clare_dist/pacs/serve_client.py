@@ -1,8 +1,8 @@
 """Screening one received instance on a running `clare-dist serve` API (the listener's `--serve-url`).
 
 The model then runs where the API's replicas run (a GPU node, a scaled Serve app), and the
-listener only receives, encodes and sends on. The API's JSON answer is read back into the same
-Screening the in-process path makes, so the SR and Secondary Capture do not depend on where the
+listener only receives, encodes and sends on. The API's JSON answer is read back
+(`encode.api_json.screening_from_answer`) into the same Screening the in-process path makes, so the SR and Secondary Capture do not depend on where the
 model ran. A refused scan (4xx) is that instance's failure; an API that is down is retried later.
 """
 
@@ -12,8 +12,9 @@ import os
 
 import requests
 
+from clare_dist.encode.api_json import screening_from_answer
 from clare_dist.pacs.errors import PacsError
-from clare_dist.result import Screening, SimilarCase
+from clare_dist.result import Screening
 
 ENV_API_TOKEN = "CLARE_API_TOKEN"  # serve.contract.TOKEN_ENV: the API's bearer token, from the environment
 
@@ -32,10 +33,4 @@ def screen_on_api(serve_url: str, data: bytes, scan_id: str, model_version: str)
     if answer.status_code != 200:
         kind, detail = (str(body.get("error")), body.get("detail")) if isinstance(body, dict) else ("internal", None)
         return Screening.failed(scan_id, kind, str(detail or f"HTTP {answer.status_code}"), model_version)
-    return Screening(
-        scan_id=scan_id, model_version=body["model_version"], x=body["coordinates"]["x"], y=body["coordinates"]["y"],
-        top3=[t["combination"] for t in body["top3"]], top3_distances=[t["distance"] for t in body["top3"]],
-        combination=body["decision"], **body["classes"], explanation=body["explanation"],
-        similar_cases=[SimilarCase(c["case_id"], c["combination"], c["distance"]) for c in body["similar_cases"]],
-        similar_note=body.get("similar_note"), ood_score=body.get("ood_score"), needs_review=body.get("needs_review"),
-    )
+    return screening_from_answer(body, scan_id)

@@ -97,20 +97,32 @@ def _header_skip(data: bytes, listed: Instance, selection: Selection, config: Sc
     header = read_dicom_header(data, config)
     if header is None:
         raise ScanError("not_an_image", "the PACS returned an object that is not DICOM for this instance")
-    return selection.skip(Instance(listed.study_uid, listed.series_uid, listed.sop_uid,
-                                   str(header.get("Modality", "") or "") or None,
-                                   str(header.get("BodyPartExamined", "") or "") or None,
-                                   str(header.get("ViewPosition", "") or "") or None))
+    return selection.skip(Instance.from_header(header, listed.study_uid, listed.series_uid, listed.sop_uid))
+
+
+def result_datasets(screening: Screening, source: bytes, header, bundle: Bundle, index, limits: ScanConfig) -> list:
+    """The SR and Secondary Capture of a screened DICOM scan, in its study (result_files.dicom_results)."""
+    from clare_dist.encode.identity import algorithm_of
+    from clare_dist.result_files import dicom_results, explanation_picture
+
+    picture = lambda: explanation_picture(bundle, index, screening, source, None, limits)  # noqa: E731
+    return dicom_results(screening, header, algorithm_of(bundle), picture)
+
+
+def store_confirmed(pacs: Pacs, datasets: Sequence, study_uid: str) -> str:
+    """Store the datasets, then query them back: CONFIRMED, or what the query did not find.
+    A success status alone does not prove the PACS kept an object."""
+    pacs.store(datasets)
+    uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    missing = len(uids) - len(pacs.stored(study_uid, uids))
+    return CONFIRMED if not missing else (f"stored, not confirmed: the PACS reported success but a query finds {missing} "
+                                          f"of {len(uids)} result objects missing")
 
 
 def store_results(screenings: Sequence[Screening], sources: Sequence[bytes | None], bundle: Bundle, index, pacs: Pacs,
                   limits: ScanConfig) -> list[str | None]:
     """Store each screened scan's SR and Secondary Capture in its study and query them back; per scan,
     "confirmed" or why not (None for a scan with no results to store)."""
-    from clare_dist.encode.identity import algorithm_of
-    from clare_dist.result_files import dicom_results, explanation_picture
-
-    algorithm = algorithm_of(bundle)
     outcome: list[str | None] = []
     for screening, source in zip(screenings, sources):
         if not screening.ok or source is None:
@@ -118,15 +130,8 @@ def store_results(screenings: Sequence[Screening], sources: Sequence[bytes | Non
             continue
         try:
             header = read_dicom_header(source, limits)
-            picture = lambda s=screening, p=source: explanation_picture(bundle, index, s, p, None, limits)  # noqa: E731
-            datasets = dicom_results(screening, header, algorithm, picture)
-            pacs.store(datasets)
-            uids = [str(ds.SOPInstanceUID) for ds in datasets]
-            found = pacs.stored(str(header.StudyInstanceUID), uids)
-            missing = len(uids) - len(found)
-            outcome.append(CONFIRMED if not missing else
-                           f"stored, not confirmed: the PACS reported success but a query finds {missing} of {len(uids)} "
-                           "result objects missing")
+            datasets = result_datasets(screening, source, header, bundle, index, limits)
+            outcome.append(store_confirmed(pacs, datasets, str(header.StudyInstanceUID)))
         except PacsError as err:
             outcome.append(f"failed: {err.kind}: {err.message}")
         except ClareError as err:  # the source lacks what the SR/SC must carry
