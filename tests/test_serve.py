@@ -55,7 +55,8 @@ def app_url(request, ray_address, indexed_tiny_bundle, tiny_archive, batch_scree
     ray.shutdown()
     ray.init(address=ray_address, runtime_env={"env_vars": {TOKEN_ENV: TOKEN}})
     args = {"bundle": str(indexed_tiny_bundle), "topology": request.param, "images_root": str(tiny_archive / "archive"),
-            "max_body_mb": MAX_BODY_MB, "ort_threads": 1}
+            "max_body_mb": MAX_BODY_MB, "ort_threads": 1,
+            "max_queue_wait_s": 120}  # admission is test_serve_overload's: here 16 concurrent scans must all be answered
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.delete(APP_NAME)

@@ -24,6 +24,7 @@ from clare_dist.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 240
+IN_FLIGHT = 12
 
 
 def free_port() -> int:
@@ -96,6 +97,17 @@ def assert_nothing_left(started: dict[int, tuple[str, float]], port: int, within
     assert port_is_free(port), f"port {port} is still held"
 
 
+def wait_until_working(port: int, within_s: float = 60) -> bool:
+    """Whether the API's readiness showed a request at work or queued before `within_s`."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        queue = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["queue"]
+        if queue["working"] + queue["waiting"] > 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def haproxy_expected() -> bool:
     from serve.app import HAPROXY_INGRESS, serve_environment
 
@@ -110,26 +122,27 @@ def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_
     names = {name for name, _ in started.values()}
     assert "raylet" in names and "gcs_server" in names
     assert ("haproxy" in names) == haproxy_expected()
-    png = png_bytes(Image.fromarray(gradient(256, 256)))
+    png = png_bytes(Image.fromarray(gradient(1024, 1024)))
 
-    def plot() -> int:  # the first figure loads matplotlib: seconds in flight
+    def plot() -> int:  # a figure of a full-size scan each: a dozen keep 2 cores busy for seconds
         return requests.post(f"http://127.0.0.1:{port}/v1/predict/plot", data=png, headers={"Content-Type": "image/png"},
                              timeout=120).status_code
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        answers = [pool.submit(plot) for _ in range(4)]
-        time.sleep(0.5)
-        assert not any(a.done() for a in answers), "the requests must still be in flight for this test to mean anything"
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+        answers = [pool.submit(plot) for _ in range(IN_FLIGHT)]
+        working = wait_until_working(port)
         stopping = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        unanswered = sum(not a.done() for a in answers)
         statuses = [a.result() for a in answers]
+    assert working and unanswered > 0, "the requests must still be in flight for this test to mean anything"
     assert process.wait(timeout=120) == 0
     stop_s = time.monotonic() - stopping
-    assert statuses == [200] * 4
+    assert statuses == [200] * IN_FLIGHT
     assert_nothing_left(started, port, within_s=5)
     log = (tmp_path / "serve.log").read_text()
     assert "SIGTERM: stopping" in log and "stopped: Serve and the local Ray" in log
-    print(f"stopped in {stop_s:.1f} s with 4 requests in flight")
+    print(f"stopped in {stop_s:.1f} s with {unanswered} requests in flight")
 
 
 @pytest.mark.cluster
