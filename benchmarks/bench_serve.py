@@ -57,8 +57,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(bundle: Path, args: argparse.Namespace) -> tuple[str, dict]:
-    """Ray, Serve's proxy on loopback and the application, until GET /readyz answers 200."""
+def start_app(bundle: Path, args: argparse.Namespace, overrides: dict | None = None) -> tuple[str, dict]:
+    """Ray, Serve's proxy on loopback and the application (`add_app_arguments`' settings, then
+    `overrides`: other AppArgs fields), until GET /readyz answers 200."""
     from jobs.cluster import connect
     from serve.app import resolve_topology, run, serve_environment
 
@@ -71,7 +72,7 @@ def start_app(bundle: Path, args: argparse.Namespace) -> tuple[str, dict]:
     timings["connect_s"] = time.perf_counter() - started
     app_args = {"bundle": str(bundle), "topology": args.topology, "decode_threads": args.decode_threads, "max_body_mb": 64, "max_batch_size": args.max_batch_size,
                 "batch_wait_ms": args.batch_wait_ms, "ort_threads": args.ort_threads,
-                "ort_spinning": args.ort_spinning, "replicas": args.replicas}
+                "ort_spinning": args.ort_spinning, "replicas": args.replicas} | (overrides or {})
     port = args.port or free_port()
     started = time.perf_counter()
     run(app_args, host="127.0.0.1", port=port)
@@ -98,10 +99,7 @@ def wait_ready(url: str, timeout: float) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="bundle and scans (reused)")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--index-cases", type=int, default=100_000, help="known cases in the bundle's index (0: none)")
-    parser.add_argument("--files", type=int, default=20, help="distinct 1024x1024 PNGs the requests cycle through")
+    add_work_arguments(parser)
     parser.add_argument("--scan-size", type=int, default=FULL_SIZE,
                         help="side of the PNGs posted: 1024 (real CXR14 size) or smaller copies, made with LANCZOS and "
                              "kept under --work (at the model's size, decoding costs ~1 ms: what is left is the serving path)")
@@ -112,6 +110,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds recorded per concurrency")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of unrecorded load before each")
     parser.add_argument("--request-timeout", type=float, default=120.0)
+    add_app_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
+    return parser.parse_args()
+
+
+def add_work_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the bundle and the scans are (common.start_work, common.archive_of)."""
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="bundle and scans (reused)")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--index-cases", type=int, default=100_000, help="known cases in the bundle's index (0: none)")
+    parser.add_argument("--files", type=int, default=20, help="distinct 1024x1024 PNGs the requests cycle through")
+
+
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app's settings (serve.app.AppArgs) and its Ray's, as `start_app` reads them."""
     app = parser.add_argument_group("the app (serve.app.AppArgs) and its Ray")
     app.add_argument("--topology", choices=("auto", "single", "ingress", "chain"), default="auto",
                      help="every stage in the ingress (no hop), all but the regressor (one), each its own deployment "
@@ -125,8 +138,6 @@ def parse_args() -> argparse.Namespace:
     app.add_argument("--ort-spinning", action="store_true", help="the regressor's idle ORT threads busy-wait")
     app.add_argument("--port", type=int, default=0, help="proxy port (default: a free one)")
     app.add_argument("--ready-timeout", type=float, default=600.0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
-    return parser.parse_args()
 
 
 def run_load(bundle: Path, bodies: list[bytes], args: argparse.Namespace) -> dict:
