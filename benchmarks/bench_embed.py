@@ -46,15 +46,15 @@ from embed_profile import diagnose, print_profile, profile_job, stage_profile
 
 log = logging.getLogger("bench_embed")
 
-# Resource variants of --sweep, as changes to the command line's settings. The notes
-# (../shared/notes/ray-2.60.md) saw a plain pipeline at 11.8 img/s on 2 cores and two 0.5-CPU
-# actors with one ORT thread each at 17.9 (the loop: 18.9).
+# Variants of --sweep, as changes to the command line's settings: the staged pipeline (the only
+# one before issue 19; the notes, ../shared/notes/ray-2.60.md, saw it at 11.8 img/s on 2 cores,
+# and with two 0.5-CPU actors of one ORT thread each at 17.9, the loop at 18.9) and batch sizes.
 SWEEP = (
     {},
-    {"ort_threads": 1},
-    {"workers": 2, "actor_cpus": 0.5, "ort_threads": 1},
+    {"pipeline": "staged"},
+    {"pipeline": "staged", "workers": 2, "actor_cpus": 0.5, "ort_threads": 1},
     {"batch_size": 16},
-    {"task_cpus": 0.25},
+    {"batch_size": 64},
 )
 
 
@@ -64,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--small", type=int, default=None, help="scans in the smaller archive, n1 (default n2/4)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="bundle, archives and outputs (reused)")
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--backbone", default="resnet50", help="the untrained model: resnet50, or resnet18 (with "
+                        "--image-size 48, the demo's cheap model)")
     parser.add_argument("--index-cases", type=int, default=100_000, help="known cases in the bundle's index (0: none)")
     parser.add_argument("--batch-sizes", default="1,4,8,16,32", help="tight loop batch sizes")
     parser.add_argument("--loop-threads", type=int, default=None, help="ORT threads of the tight loop (default ORT's)")
@@ -77,6 +79,8 @@ def parse_args() -> argparse.Namespace:
     job.add_argument("--actor-cpus", type=float, default=1.0)
     job.add_argument("--task-cpus", type=float, default=0.5)
     job.add_argument("--ort-threads", type=int, default=None)
+    job.add_argument("--pipeline", choices=("auto", "fused", "staged"), default="auto")
+    job.add_argument("--screen-cpus", type=float, default=1.0, help="CPUs of one fused task")
     parser.add_argument("--sweep", action="store_true", help="also time the variants in SWEEP")
     parser.add_argument("--repeats", type=int, default=1, help="job runs per size (median)")
     parser.add_argument("--profile", choices=("auto", "on", "off"), default="auto",
@@ -105,7 +109,8 @@ def run_jobs(args: argparse.Namespace, bundle: Path, archives: dict[int, Path], 
     try:
         ray.data.DataContext.get_current().enable_progress_bars = args.progress_bars
         base = EmbedSettings(batch_size=args.batch_size, workers=args.workers, actor_cpus=args.actor_cpus,
-                             task_cpus=args.task_cpus, ort_threads=args.ort_threads)
+                             task_cpus=args.task_cpus, ort_threads=args.ort_threads, pipeline=args.pipeline,
+                             screen_cpus=args.screen_cpus)
         print(f"\n== Ray Data job ({cpus:g} CPUs; connect {result['connect_s']:.1f} s) ==")
         cold = job_seconds(bundle, archives[args.small], args.work, base, args.small)
         result["cold_first_run"] = {"images": args.small, "seconds": cold}
@@ -136,7 +141,7 @@ def run_jobs(args: argparse.Namespace, bundle: Path, archives: dict[int, Path], 
 
 def main() -> None:
     args = parse_args()
-    bundle = start_work(args.work, args.image_size, args.index_cases)
+    bundle = start_work(args.work, args.image_size, args.index_cases, args.backbone)
     sizes = [args.images] if args.skip_job else [args.small, args.images]
     archives = {n: archive_of(n, args.work / f"archive-{n}", args.work / "pool-1024") for n in sizes}
     files = scan_files(archives[args.images])
@@ -156,7 +161,7 @@ def main() -> None:
     elif not args.skip_loop:
         from clare_dist.bundle import load_bundle
 
-        print(f"== tight loop: {len(files)} scans of 1024x1024, ResNet50 @{args.image_size} ==")
+        print(f"== tight loop: {len(files)} scans of 1024x1024, {args.backbone} @{args.image_size} ==")
         loop = tight_loop(files, load_bundle(bundle).onnx_path, args.image_size,
                           [int(b) for b in args.batch_sizes.split(",")], args.loop_threads)
         print_loop(loop)

@@ -46,6 +46,13 @@ DEFAULT_WORK = Path(tempfile.gettempdir()) / "clare-bench"
 BENCHMARK_MODEL = {"benchmark_model": "untrained ResNet50 regressor, head rescaled to spread scans over [0, 1]^2"}
 
 
+def benchmark_model(backbone: str) -> dict:
+    """The manifest's mark of a benchmark bundle (ResNet50's as it always was, so built ones stay valid)."""
+    if backbone == "resnet50":
+        return BENCHMARK_MODEL
+    return {"benchmark_model": f"untrained {backbone} regressor, head rescaled to spread scans over [0, 1]^2"}
+
+
 # --- scans ------------------------------------------------------------------------------------
 
 
@@ -131,32 +138,33 @@ def warm_page_cache(files: Sequence[Path]) -> int:
 # --- the model bundle -------------------------------------------------------------------------
 
 
-def start_work(workdir: Path, image_size: int, index_cases: int) -> Path:
+def start_work(workdir: Path, image_size: int, index_cases: int, backbone: str = "resnet50") -> Path:
     """How a benchmark starts: the library's logs quieted to warnings (the figures are the output),
-    the work folder made, and the ResNet50 bundle it measures (built once, then reused)."""
+    the work folder made, and the bundle it measures (built once, then reused): ResNet50 by
+    default; the demo's ResNet18 at 48 px is the cheap model, where the pipeline's own cost shows."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("clare_dist", "jobs", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir.mkdir(parents=True, exist_ok=True)
-    return resnet50_bundle(workdir, image_size, index_cases)
+    return resnet50_bundle(workdir, image_size, index_cases, backbone)
 
 
-def resnet50_bundle(workdir: Path, image_size: int = 256, index_cases: int = 0) -> Path:
-    """A bundle with an untrained ResNet50 regressor (throughput does not depend on the weights),
+def resnet50_bundle(workdir: Path, image_size: int = 256, index_cases: int = 0, backbone: str = "resnet50") -> Path:
+    """A bundle with an untrained ResNet50 (or `backbone`) regressor (throughput does not depend on the weights),
     exported and bundled exactly as a training run does; with `index_cases` > 0, a copy of it with
     a case index of that many cases drawn like real predictions. Built once, reused while loadable.
     """
     from clare_dist.bundle import BundleError, load_bundle
 
-    root = Path(workdir) / f"resnet50-{image_size}"
+    root = Path(workdir) / f"{backbone}-{image_size}"
     base = root / "bundle"
     try:
         loaded = load_bundle(base)
-        if loaded.manifest.get("metrics") != BENCHMARK_MODEL:
+        if loaded.manifest.get("metrics") != benchmark_model(backbone):
             raise BundleError(base, ["made by an older version of this script"])
         base_version = loaded.model_version
     except BundleError:
-        base_version = _build_base_bundle(root, base, image_size)
+        base_version = _build_base_bundle(root, base, image_size, backbone)
     if index_cases <= 0:
         return base
     indexed = root / f"bundle-index-{index_cases}"
@@ -170,7 +178,7 @@ def resnet50_bundle(workdir: Path, image_size: int = 256, index_cases: int = 0) 
     return indexed
 
 
-def _build_base_bundle(root: Path, out: Path, image_size: int) -> str:
+def _build_base_bundle(root: Path, out: Path, image_size: int, backbone: str) -> str:
     """Export the regressor (checked against torch on real scans) and write the bundle; the
     references come from the real label autoencoder (`clare-dist references`, ~15 s)."""
     import torch
@@ -188,14 +196,14 @@ def _build_base_bundle(root: Path, out: Path, image_size: int) -> str:
         log.info("training the label autoencoder for the references (about 15 s)")
         make_references(references)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="resnet50", head="regression")).eval()
+    model = build_model(ModelConfig(backbone=backbone, head="regression")).eval()
     scans = [preprocess_scan(path, ScanConfig(size=image_size)) for path in cxr_pngs()[:16]]
     _spread_outputs(model, np.stack(scans))
     export_regressor([model], root / "regressor.onnx", image_size, scans[:4])
-    bundle = write_bundle(out, root / "regressor.onnx", references / REFERENCES_FILE, backbone="resnet50",
-                          image_size=image_size, folds=[0], ensemble=False, metrics=BENCHMARK_MODEL)
+    bundle = write_bundle(out, root / "regressor.onnx", references / REFERENCES_FILE, backbone=backbone,
+                          image_size=image_size, folds=[0], ensemble=False, metrics=benchmark_model(backbone))
     (root / "regressor.onnx").unlink()  # the bundle has its copy
-    log.info("built the ResNet50 bundle %s in %.0f s", out, time.perf_counter() - started)
+    log.info("built the %s bundle %s in %.0f s", backbone, out, time.perf_counter() - started)
     return bundle.model_version
 
 

@@ -204,7 +204,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
         folders = ResultFolders(args.dicom_out, args.fhir_out)
     settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=scan_limits(args),
-                             results=folders)
+                             results=folders, pipeline=args.pipeline)
     results = run_embed(args.bundle, pacs or args.archive, args.out, settings)
     counts = results["status"].value_counts()
     skipped = f", {counts['skipped']} skipped" if counts.get("skipped") else ""
@@ -313,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, default=None, help="labels.parquet of a labelled archive (with --build-index)")
     p.add_argument("--build-index", action="store_true", help="make the labelled archive the bundle's case index")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1, help="ONNX Runtime actors")
+    p.add_argument("--workers", type=int, default=1, help="ONNX Runtime actors of the staged pipeline")
+    p.add_argument("--pipeline", choices=("auto", "fused", "staged"), default="auto",
+                   help="fused: decode, regression and finish in one task per batch, one per CPU; staged: decode "
+                        "tasks, ONNX Runtime actors, finish tasks (auto: staged on a GPU cluster or from a PACS)")
     add_k(p)
     add_ray_options(p)
     add_scan_limits(p)

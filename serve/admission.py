@@ -7,14 +7,18 @@ Here each ingress replica works on at most `slots` requests at once (its scan wo
 topology single) and holds the others in a FIFO, each with a deadline of arrival + budget:
 
 - at arrival, a request whose expected wait — the requests ahead of it, at the current service
-  rate — is over the budget is refused at once, before its body is read;
+  rate — is over the budget less a margin is refused at once, before its body is read;
 - a request still waiting at its deadline (the rate was misjudged, or work got slower) is refused
   then, so no admitted request waits longer than the budget.
 
-The service rate is `slots / work time`, the work time a moving average of the time requests
-held a slot. It does not depend on the offered load (a slot is one request's work), so the
-estimate is as good at 4x capacity as at 0.5x. Retry-After is the time the requests now
-queued take to start at that rate, at least one second. Everything here runs on the replica's
+The service rate is the lower of `slots / work time` (the work time a moving average of the time
+requests held a slot) and, while requests queue, the rate at which slots were handed over to
+them (which also counts the gaps between one request's end and the next one's start). Neither
+depends on the offered load, so the estimate is as good at 4x capacity as at 0.5x. The margin is
+one request's work time (at most half the budget): an estimate is never exact, and without it a
+queue filled to the budget sent a few percent of its refusals at their deadline, seconds late,
+and kept every answer's wait at the budget (benchmarks/bench_overload.py). Retry-After is the
+time the requests now queued take to start at that rate, at least one second. Everything here runs on the replica's
 event loop (one thread), so no lock is needed.
 """
 
@@ -72,12 +76,21 @@ class Admission:
         self.busy = 0
         self.waiting: deque[asyncio.Future] = deque()
         self.work_s: float | None = None  # unknown until a request has finished: until then no refusal at arrival
+        self.handover_s: float | None = None  # moving average of the time between hand-overs while requests queue
+        self.last_handover: float | None = None
         self.shed = dict.fromkeys(SHED_REASONS, 0)
         self.last_shed: float | None = None
 
     def service_rate(self) -> float | None:
         """Requests started per second while every slot is busy."""
-        return None if self.work_s is None else self.slots / max(self.work_s, 1e-6)
+        if self.work_s is None:
+            return None
+        rate = self.slots / max(self.work_s, 1e-6)
+        return rate if self.handover_s is None else min(rate, 1 / max(self.handover_s, 1e-6))
+
+    def margin_s(self) -> float:
+        """How much of the budget an arrival's expected wait must leave: one request's work."""
+        return 0.0 if self.work_s is None else min(self.work_s, self.budget_s / 2)
 
     def expected_wait_s(self) -> float:
         """How long a request arriving now would wait for a slot: none while one is free, else the
@@ -95,7 +108,7 @@ class Admission:
         """Refuse a request arriving now whose expected wait is over the budget, before its body
         is read; returns its arrival time for `slot`."""
         arrival = self.clock()
-        if self.expected_wait_s() > self.budget_s:
+        if self.expected_wait_s() > self.budget_s - self.margin_s():
             self._refuse("at_arrival")
         return arrival
 
@@ -107,7 +120,7 @@ class Admission:
         if self.busy < self.slots and not self.waiting:
             self.busy += 1
         else:
-            if self.expected_wait_s() > arrival + self.budget_s - self.clock():
+            if self.expected_wait_s() > arrival + self.budget_s - self.margin_s() - self.clock():
                 self._refuse("at_arrival")
             await self._wait_for_slot(arrival)
         start = self.clock()
@@ -151,8 +164,17 @@ class Admission:
             handed = self.waiting.popleft()
             if not handed.done():
                 handed.set_result(None)
+                self._handed_over()
                 return
         self.busy -= 1
+        self.last_handover = None  # the queue ran dry: the next hand-over's interval is not the service's
+
+    def _handed_over(self) -> None:
+        now = self.clock()
+        if self.last_handover is not None:
+            interval = now - self.last_handover
+            self.handover_s = interval if self.handover_s is None else self.handover_s + WORK_AVERAGING * (interval - self.handover_s)
+        self.last_handover = now if self.waiting else None
 
     def _refuse(self, reason: ShedReason) -> None:
         self.shed[reason] += 1

@@ -45,20 +45,21 @@ def test_free_slots_admit_at_once_and_the_queue_starts_in_order():
     assert (gate.busy, len(gate.waiting)) == (0, 0) and gate.shed == {"at_arrival": 0, "waited_past_budget": 0}
 
 
-def test_an_expected_wait_over_the_budget_is_refused_at_arrival_with_retry_after_from_the_rate():
+def test_an_expected_wait_over_the_budget_less_one_work_time_is_refused_at_arrival_with_retry_after_from_the_rate():
     async def scenario():
         clock = Clock()
         gate = Admission(slots=2, budget_s=2.0, clock=clock)
         async with gate.slot():  # one request that took 0.5 s: 2 slots / 0.5 s = 4 requests a second
             clock.now += 0.5
-        assert gate.service_rate() == pytest.approx(4.0)
+        assert gate.service_rate() == pytest.approx(4.0) and gate.margin_s() == pytest.approx(0.5)
         release = asyncio.Event()
         log: list[str] = []
-        tasks = [asyncio.create_task(hold(gate, release, log, str(i))) for i in range(10)]
+        tasks = [asyncio.create_task(hold(gate, release, log, str(i))) for i in range(8)]
         await asyncio.sleep(0.01)
-        # 2 working, 8 waiting: the 8th expected (7 + 1) / 4 = 2.0 s, the budget; a 9th would wait 2.25 s
-        assert (gate.busy, len(gate.waiting)) == (2, 8)
-        assert gate.expected_wait_s() == pytest.approx(2.25)
+        # 2 working, 6 waiting: the 6th expected (5 + 1) / 4 = 1.5 s, the budget less the margin;
+        # a 7th would wait 1.75 s
+        assert (gate.busy, len(gate.waiting)) == (2, 6)
+        assert gate.expected_wait_s() == pytest.approx(1.75)
         with pytest.raises(Overloaded) as refused:
             gate.check()
         release.set()
@@ -66,9 +67,34 @@ def test_an_expected_wait_over_the_budget_is_refused_at_arrival_with_retry_after
         return gate, refused.value
 
     gate, refused = asyncio.run(scenario())
-    assert refused.reason == "at_arrival" and refused.retry_after_s == 3
-    assert "over the 2 s queue-wait budget; retry in 3 s" in str(refused)
+    assert refused.reason == "at_arrival" and refused.retry_after_s == 2
+    assert "over the 2 s queue-wait budget; retry in 2 s" in str(refused)
     assert gate.shed["at_arrival"] == 1
+
+
+def test_the_rate_is_the_slower_of_the_work_time_and_the_hand_overs_while_requests_queue():
+    """Gaps between one request's end and the next one's start count: a queue of requests that
+    each work 0.5 s but start 1 s apart is served at one a second, not two."""
+    async def scenario():
+        clock = Clock()
+        gate = Admission(slots=1, budget_s=10.0, clock=clock)
+        async with gate.slot():
+            clock.now += 0.5
+        releases = [asyncio.Event() for _ in range(3)]
+        tasks = [asyncio.create_task(hold(gate, release, [], str(i))) for i, release in enumerate(releases)]
+        await asyncio.sleep(0.01)
+        for release in releases[:2]:
+            clock.now += 1.0
+            release.set()
+            await asyncio.sleep(0.01)
+        measured = gate.service_rate()
+        releases[2].set()
+        await asyncio.gather(*tasks)
+        return gate, measured
+
+    gate, measured = asyncio.run(scenario())
+    assert measured == pytest.approx(1.0) and gate.handover_s == pytest.approx(1.0)
+    assert gate.last_handover is None  # the queue ran dry: no interval spans the idle time after it
 
 
 def test_a_request_still_waiting_at_its_deadline_is_refused_then():

@@ -136,6 +136,29 @@ def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bun
     assert sorted(folders.dicom.iterdir()) == written
 
 
+def test_fused_and_staged_pipelines_write_the_same_rows(mixed_archive, tiny_bundle, ray_session, tmp_path):
+    from jobs.embed import EmbedSettings, run_embed
+
+    fused = run_embed(tiny_bundle, mixed_archive, tmp_path / "fused", EmbedSettings(batch_size=8, pipeline="fused"))
+    staged = run_embed(tiny_bundle, mixed_archive, tmp_path / "staged",
+                       EmbedSettings(batch_size=8, task_cpus=0.25, pipeline="staged"))
+    assert len(fused) == len(list_archive(mixed_archive)) and (fused["status"] == "ok").sum() == 30
+    pd.testing.assert_frame_equal(fused, staged)
+
+
+def test_the_pipeline_is_staged_only_where_an_actor_must_hold_a_gpu_or_a_pacs_limits_retrieval(tmp_path):
+    from jobs.embed import EmbedSettings, PacsSource, pipeline_for
+
+    pacs = PacsSource(pacs=None, selection=None)
+    assert pipeline_for(EmbedSettings(), tmp_path, use_gpu=False) == "fused"
+    assert pipeline_for(EmbedSettings(), tmp_path, use_gpu=True) == "staged"
+    assert pipeline_for(EmbedSettings(), pacs, use_gpu=False) == "staged"
+    assert pipeline_for(EmbedSettings(pipeline="fused"), pacs, use_gpu=True) == "fused"
+    assert pipeline_for(EmbedSettings(pipeline="staged"), tmp_path, use_gpu=False) == "staged"
+    with pytest.raises(ValueError, match="auto, fused or staged"):
+        pipeline_for(EmbedSettings(pipeline="fast"), tmp_path, use_gpu=False)
+
+
 def _embed_command(bundle, archive, out, address):
     return [sys.executable, "-m", "clare_dist", "embed", "--bundle", str(bundle), "--archive", str(archive),
             "--out", str(out), "--batch-size", "4", "--address", address]
