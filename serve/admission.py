@@ -15,7 +15,8 @@ The service rate is the lower of `slots / work time` (the work time a moving ave
 requests held a slot) and, while requests queue, the rate at which slots were handed over to
 them (which also counts the gaps between one request's end and the next one's start). Neither
 depends on the offered load, so the estimate is as good at 4x capacity as at 0.5x. The margin is
-one request's work time (at most half the budget): an estimate is never exact, and without it a
+one request's work time or 15 % of the budget, whichever is more (at most half the budget): an
+estimate is never exact, and without it a
 queue filled to the budget sent a few percent of its refusals at their deadline, seconds late,
 and kept every answer's wait at the budget (benchmarks/bench_overload.py). Retry-After is the
 time the requests now queued take to start at that rate, at least one second. Everything here runs on the replica's
@@ -39,6 +40,9 @@ from clare_dist.errors import ClareError
 ShedReason = Literal["at_arrival", "waited_past_budget"]
 SHED_REASONS: tuple[ShedReason, ...] = ("at_arrival", "waited_past_budget")
 WORK_AVERAGING = 0.1  # weight of the newest work time in the moving average (about the last 10 requests)
+# The share of the budget an expected wait must leave at least: on a loaded 2-core machine the
+# measured service rate moved by ~10 % with the offered load (bench_overload.py).
+MARGIN_SHARE = 0.15
 OVERLOADED_FOR_S = 10.0  # a replica that shed within this long reads as overloaded
 
 
@@ -89,8 +93,9 @@ class Admission:
         return rate if self.handover_s is None else min(rate, 1 / max(self.handover_s, 1e-6))
 
     def margin_s(self) -> float:
-        """How much of the budget an arrival's expected wait must leave: one request's work."""
-        return 0.0 if self.work_s is None else min(self.work_s, self.budget_s / 2)
+        """How much of the budget an arrival's expected wait must leave: one request's work, and
+        at least MARGIN_SHARE of the budget (at most half of it)."""
+        return 0.0 if self.work_s is None else min(max(self.work_s, MARGIN_SHARE * self.budget_s), self.budget_s / 2)
 
     def expected_wait_s(self) -> float:
         """How long a request arriving now would wait for a slot: none while one is free, else the
