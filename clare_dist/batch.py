@@ -25,6 +25,7 @@ from clare_dist.encode.parquet_row import ROW_SCHEMA, to_table
 from clare_dist.ood import OOD_OUTPUT
 from clare_dist.result import DEFAULT_K, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, Screening
 from clare_dist.rules import References
+from clare_dist.scan_cache import ScanCache, preprocess_cached
 from clare_dist.scans import ScanConfig, ScanError, preprocess_scan
 from clare_dist.screening import screen_points
 
@@ -93,15 +94,16 @@ def read_results(out_dir: str | os.PathLike) -> pd.DataFrame:
     return table.to_pandas().sort_values("scan_id", ignore_index=True)
 
 
-def decode_batch(batch: dict[str, np.ndarray], config: ScanConfig) -> dict[str, np.ndarray]:
-    """Stage 1 (CPU tasks): files → uint8 scans; a bad file becomes status=error with its kind and reason."""
+def decode_batch(batch: dict[str, np.ndarray], config: ScanConfig, cache: ScanCache | None = None) -> dict[str, np.ndarray]:
+    """Stage 1 (CPU tasks): files → uint8 scans (through the decoded-scan cache, if given); a bad
+    file becomes status=error with its kind and reason."""
     n = len(batch["path"])
     scans = np.zeros((n, config.size, config.size), dtype=np.uint8)
     status = np.full(n, STATUS_OK, dtype=object)
     kinds, reasons = np.full(n, None, dtype=object), np.full(n, None, dtype=object)
     for i, path in enumerate(batch["path"]):
         try:
-            scans[i] = preprocess_scan(str(path), config)
+            scans[i] = preprocess_scan(str(path), config) if cache is None else preprocess_cached(str(path), config, cache)[0]
         except ScanError as exc:
             status[i], kinds[i], reasons[i] = STATUS_ERROR, exc.kind, exc.message
     return {"scan_id": batch["scan_id"], "path": batch["path"], "status": status, "error_kind": kinds,

@@ -204,7 +204,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
         folders = ResultFolders(args.dicom_out, args.fhir_out)
     settings = EmbedSettings(batch_size=args.batch_size, workers=args.workers, k=args.k, limits=scan_limits(args),
-                             results=folders, pipeline=args.pipeline)
+                             results=folders, pipeline=args.pipeline, scan_cache=args.scan_cache)
     results = run_embed(args.bundle, pacs or args.archive, args.out, settings)
     counts = results["status"].value_counts()
     skipped = f", {counts['skipped']} skipped" if counts.get("skipped") else ""
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-index", action="store_true", help="make the labelled archive the bundle's case index")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="ONNX Runtime actors of the staged pipeline")
+    p.add_argument("--scan-cache", type=Path, default=None,
+                   help="keep each decoded scan (the model's input, 64 KB at 256 px) in this folder, and use the ones "
+                        "kept by an earlier run with the same preprocessing instead of decoding again (folders only)")
     p.add_argument("--pipeline", choices=("auto", "fused", "staged"), default="auto",
                    help="fused: decode, regression and finish in one task per batch, one per CPU; staged: decode "
                         "tasks, ONNX Runtime actors, finish tasks (auto: staged on a GPU cluster or from a PACS)")

@@ -41,6 +41,8 @@ def pacs_source(args: argparse.Namespace):
     from clare_dist.pacs.selection import Selection
     from jobs.embed import PacsSource
 
+    if getattr(args, "scan_cache", None) is not None:
+        raise UsageError("--scan-cache keeps the scans of a folder archive (--archive); a PACS's are retrieved each run")
     if args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     selection = Selection.from_options(args.modality, args.study_date, args.body_part, args.views, args.max_instances)

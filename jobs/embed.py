@@ -44,6 +44,7 @@ from clare_dist.ood import OOD_OUTPUT
 from clare_dist.result import DEFAULT_K
 from clare_dist.runtime import open_session, run_regressor
 from clare_dist.report import write_report
+from clare_dist.scan_cache import ScanCache
 from clare_dist.scans import ScanConfig
 from clare_dist.screening import bundled_index
 from clare_dist.triage import write_worklist
@@ -77,6 +78,7 @@ class EmbedSettings:
     actor_restarts: int = 3
     limits: ScanConfig = ScanConfig()  # the site's bounds on one scan; its size is the bundle's
     results: ResultFolders | None = None  # where the SR, Secondary Capture and FHIR files go (embed --dicom-out/--fhir-out)
+    scan_cache: Path | None = None  # decoded scans kept for a later run with the same preprocessing (embed --scan-cache)
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,9 @@ def _session_for_task(onnx_path: str, manifest_stamp: str, threads: int):
 
 
 def screen_batch(batch: dict[str, np.ndarray], bundle_path: str, onnx_path: str, manifest_stamp: str, k: int,
-                 folders: ResultFolders | None, limits: ScanConfig, threads: int) -> pa.Table:
+                 folders: ResultFolders | None, limits: ScanConfig, threads: int, cache: ScanCache | None = None) -> pa.Table:
     """The fused pipeline's one stage: decode, regress and finish a batch in the task that read it."""
-    regressed = regress_decoded(_session_for_task(onnx_path, manifest_stamp, threads), decode_batch(batch, limits))
+    regressed = regress_decoded(_session_for_task(onnx_path, manifest_stamp, threads), decode_batch(batch, limits, cache))
     return _finish(pd.DataFrame(regressed), bundle_path, manifest_stamp, k, folders, limits)
 
 
@@ -190,6 +192,10 @@ def run_embed(bundle_path: Path, source: Path | PacsSource, out_dir: Path, setti
         start = time.perf_counter()
         resources = ray.cluster_resources()
         use_gpu = resources.get("GPU", 0) >= 1
+        cache = _cache(settings)
+        if cache is not None:
+            log.info("scan cache %s: %d decoded scans for %s at %d px", cache.root, cache.entries(limits),
+                     limits.preprocessing, limits.size)
         blocks = max(1, -(-len(todo) // settings.batch_size))
         dataset = ray.data.from_pandas(todo.reset_index(drop=True)).repartition(blocks)
         if pipeline_for(settings, source, use_gpu) == "fused":
@@ -197,7 +203,7 @@ def run_embed(bundle_path: Path, source: Path | PacsSource, out_dir: Path, setti
             dataset = dataset.map_batches(
                 screen_batch, fn_kwargs={"bundle_path": str(bundle.path), "onnx_path": str(bundle.onnx_path),
                                          "manifest_stamp": _stamp(bundle), "k": settings.k, "folders": settings.results,
-                                         "limits": limits, "threads": max(1, int(settings.screen_cpus))},
+                                         "limits": limits, "threads": max(1, int(settings.screen_cpus)), "cache": cache},
                 batch_size=settings.batch_size, batch_format="numpy", num_cpus=settings.screen_cpus,
                 max_retries=settings.task_retries,
             )
@@ -242,7 +248,7 @@ def _staged(dataset: ray.data.Dataset, bundle, source: Path | PacsSource, settin
         )
     else:
         dataset = dataset.map_batches(
-            decode_batch, fn_kwargs={"config": limits}, batch_size=settings.batch_size,
+            decode_batch, fn_kwargs={"config": limits, "cache": _cache(settings)}, batch_size=settings.batch_size,
             batch_format="numpy", num_cpus=settings.task_cpus, max_retries=settings.task_retries,
         )
     dataset = dataset.map_batches(
@@ -274,6 +280,10 @@ def _pacs_inputs(source: PacsSource, out_dir: Path) -> pd.DataFrame:
     elif source.store_results:
         source.pacs.check()
     return instances_table(instances)
+
+
+def _cache(settings: EmbedSettings) -> ScanCache | None:
+    return None if settings.scan_cache is None else ScanCache(Path(settings.scan_cache))
 
 
 def _named(source: Path | PacsSource) -> str:

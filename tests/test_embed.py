@@ -146,6 +146,36 @@ def test_fused_and_staged_pipelines_write_the_same_rows(mixed_archive, tiny_bund
     pd.testing.assert_frame_equal(fused, staged)
 
 
+def test_a_rerun_with_the_scan_cache_reads_the_kept_scans_instead_of_decoding(tiny_archive, tiny_bundle, ray_session,
+                                                                             tmp_path):
+    from clare_dist.scan_cache import ScanCache
+    from jobs.embed import EmbedSettings, run_embed
+
+    archive = tmp_path / "scans"
+    archive.mkdir()
+    for png in sorted((tiny_archive / "archive" / "images").glob("*.png"))[:12]:
+        shutil.copy(png, archive / png.name)
+    (archive / "empty.png").write_bytes(b"")
+    settings = EmbedSettings(batch_size=4, scan_cache=tmp_path / "cache")
+    first = run_embed(tiny_bundle, archive, tmp_path / "first", settings)
+    limits = load_bundle(tiny_bundle).scan_config(settings.limits)
+    cache = ScanCache(tmp_path / "cache")
+    assert cache.entries(limits) == 12  # the failed scan is not kept
+    plain = run_embed(tiny_bundle, archive, tmp_path / "plain", EmbedSettings(batch_size=4))
+    pd.testing.assert_frame_equal(first, plain)
+
+    # One entry replaced by the scan flipped upside down: a rerun that reads the cache screens
+    # that array (a different point), every other scan as before.
+    scan = archive / sorted(p.name for p in archive.glob("0*.png"))[0]
+    entry = cache.entry(scan.read_bytes(), limits)
+    np.save(entry, np.ascontiguousarray(np.load(entry)[::-1]))
+    again = run_embed(tiny_bundle, archive, tmp_path / "again", settings).set_index("scan_id")
+    before = first.set_index("scan_id")
+    assert not np.allclose(again.loc[scan.name, ["x", "y"]].astype(float), before.loc[scan.name, ["x", "y"]].astype(float))
+    others = before.index.drop(scan.name)
+    pd.testing.assert_frame_equal(again.loc[others], before.loc[others])
+
+
 def test_the_pipeline_is_staged_only_where_an_actor_must_hold_a_gpu_or_a_pacs_limits_retrieval(tmp_path):
     from jobs.embed import EmbedSettings, PacsSource, pipeline_for
 

@@ -137,3 +137,14 @@ def test_a_multipart_answer_cut_short_is_a_bad_answer():
     with pytest.raises(PacsError) as cut:
         _dicom_part('multipart/related; type="application/dicom"; boundary="frontier"', body)
     assert cut.value.kind == "pacs_bad_answer"
+
+
+def test_embed_from_a_pacs_refuses_the_scan_cache_and_a_folder_refuses_store_results(tmp_path, capsys, monkeypatch):
+    from clare_dist.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    base = ["embed", "--bundle", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert main([*base, "--dicomweb", "http://127.0.0.1:1/dicom-web", "--scan-cache", str(tmp_path / "c")]) == 2
+    assert "--scan-cache keeps the scans of a folder archive" in capsys.readouterr().err
+    assert main([*base, "--archive", str(tmp_path), "--store-results"]) == 2
+    assert "--store-results needs a PACS" in capsys.readouterr().err
