@@ -143,7 +143,7 @@ def start_work(workdir: Path, image_size: int, index_cases: int, backbone: str =
     the work folder made, and the bundle it measures (built once, then reused): ResNet50 by
     default; the demo's ResNet18 at 48 px is the cheap model, where the pipeline's own cost shows."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("clare_dist", "jobs", "faiss.loader"):
+    for noisy in ("clare_dist", "jobs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir.mkdir(parents=True, exist_ok=True)
     return resnet50_bundle(workdir, image_size, index_cases, backbone)
