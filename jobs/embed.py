@@ -192,7 +192,7 @@ def run_embed(bundle_path: Path, source: Path | PacsSource, out_dir: Path, setti
         start = time.perf_counter()
         resources = ray.cluster_resources()
         use_gpu = resources.get("GPU", 0) >= 1
-        cache = _cache(settings)
+        cache = None if settings.scan_cache is None else ScanCache(Path(settings.scan_cache))
         if cache is not None:
             log.info("scan cache %s: %d decoded scans for %s at %d px", cache.root, cache.entries(limits),
                      limits.preprocessing, limits.size)
@@ -211,7 +211,7 @@ def run_embed(bundle_path: Path, source: Path | PacsSource, out_dir: Path, setti
             log.info("pipeline: staged (decode tasks, %d regressor actor(s)%s, finish tasks)", settings.workers,
                      " on GPUs" if use_gpu else "")
             dataset = _staged(dataset, bundle, source, settings, limits, fitting_actor_cpus(settings, resources.get("CPU", 0)),
-                              use_gpu)
+                              use_gpu, cache)
         dataset.write_parquet(str(out_dir / RESULTS_DIR))
         log.info("screened %d scans in %.1f s", len(todo), time.perf_counter() - start)
     results = read_results(out_dir)
@@ -234,7 +234,7 @@ def pipeline_for(settings: EmbedSettings, source: Path | PacsSource, use_gpu: bo
 
 
 def _staged(dataset: ray.data.Dataset, bundle, source: Path | PacsSource, settings: EmbedSettings, limits: ScanConfig,
-            actor_cpus: float, use_gpu: bool) -> ray.data.Dataset:
+            actor_cpus: float, use_gpu: bool, cache: ScanCache | None) -> ray.data.Dataset:
     """Decode (or retrieve) tasks → the regressor actor pool → finish tasks."""
     if isinstance(source, PacsSource):
         from clare_dist.pacs.stages import fetch_decode_batch
@@ -248,7 +248,7 @@ def _staged(dataset: ray.data.Dataset, bundle, source: Path | PacsSource, settin
         )
     else:
         dataset = dataset.map_batches(
-            decode_batch, fn_kwargs={"config": limits, "cache": _cache(settings)}, batch_size=settings.batch_size,
+            decode_batch, fn_kwargs={"config": limits, "cache": cache}, batch_size=settings.batch_size,
             batch_format="numpy", num_cpus=settings.task_cpus, max_retries=settings.task_retries,
         )
     dataset = dataset.map_batches(
@@ -280,10 +280,6 @@ def _pacs_inputs(source: PacsSource, out_dir: Path) -> pd.DataFrame:
     elif source.store_results:
         source.pacs.check()
     return instances_table(instances)
-
-
-def _cache(settings: EmbedSettings) -> ScanCache | None:
-    return None if settings.scan_cache is None else ScanCache(Path(settings.scan_cache))
 
 
 def _named(source: Path | PacsSource) -> str:
