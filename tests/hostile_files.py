@@ -55,6 +55,16 @@ def _png(width: int, height: int, rows: bytes, extra: bytes = b"", idat_crc: int
             + _chunk(b"IEND", b""))
 
 
+def _short_rows_png(colour_type: int = 0) -> bytes:
+    """Image data that is one whole, valid zlib stream but holds half the rows (CRCs all correct):
+    Pillow returns the missing rows black."""
+    rows = b"".join(b"\0" + bytes((x * 3 + y) % 256 for x in range(64)) for y in range(24))  # 24 of 48 rows
+    ihdr = struct.pack(">IIBBBBB", 64, 48, 8, colour_type, 0, 0, 0)
+    palette = _chunk(b"PLTE", bytes(range(256)) * 3) if colour_type == 3 else b""
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + palette + _chunk(b"IDAT", zlib.compress(rows))
+            + _chunk(b"IEND", b""))
+
+
 def scan_png() -> bytes:
     return png_bytes(Image.fromarray(gradient(64, 48)))
 
@@ -241,6 +251,8 @@ def corpus() -> list[Hostile]:
         Hostile("truncated.png", good[: len(good) // 2], "truncated"),
         Hostile("magic-only.png", good[:8], "truncated"),
         Hostile("bad-crc.png", _bad_crc_png(), "truncated"),
+        Hostile("short-rows.png", _short_rows_png(), "truncated"),
+        Hostile("short-rows-palette.png", _short_rows_png(colour_type=3), "truncated"),
         Hostile("chunk-past-end.png", good[:33] + struct.pack(">I", 1 << 30) + b"IDAT" + bytes(16), "truncated"),
         Hostile("text-bomb.png", _text_bomb(), "bad_header"),
         Hostile("icc-bomb.png", _icc_bomb(), "bad_header"),

@@ -7,7 +7,7 @@ known failures carry a specific kind and a message hospital IT can act on, and a
 unexpected is logged with its traceback and becomes kind `internal` (a row, not a failed job).
 
 The parts: `errors` (the error and the limits), `files` (reading regular files only, capped),
-`pillow` (PNG/JPEG, containers checked first), `dicom` (every transfer syntax, header values
+`png` (PNG: chunks checked, then libpng), `pillow` (JPEG and the PNG layouts Pillow converts), `dicom` (every transfer syntax, header values
 checked), `pixels` (stored values → 8-bit in bounded memory), `preprocessing` (decoded scan → the
 model's input, by name and version).
 """
@@ -24,7 +24,8 @@ from pydicom.dataset import Dataset
 from clare_dist.scans.dicom import dicom_header, looks_like_dicom_without_preamble, read_dicom
 from clare_dist.scans.errors import SCAN_ERROR_KINDS, ScanConfig, ScanError
 from clare_dist.scans.files import ScanSource, load_bytes
-from clare_dist.scans.pillow import JPEG_MAGIC, PNG_MAGIC, read_pillow
+from clare_dist.scans.pillow import JPEG_MAGIC, read_pillow
+from clare_dist.scans.png import PNG_MAGIC, read_png
 from clare_dist.scans.preprocessing import DEFAULT_PREPROCESSING, preprocessing, resize_to
 
 __all__ = ["DEFAULT_PREPROCESSING", "SCAN_ERROR_KINDS", "ScanConfig", "ScanError", "ScanSource", "preprocess_scan",
@@ -98,12 +99,22 @@ def _read(source: ScanSource, config: ScanConfig, jpeg_draft: int | None = None)
     if fmt == "unknown":
         raise ScanError("not_an_image", f"the content is {_describe(data)}, not a PNG, JPEG or DICOM scan; send the image "
                                         "file itself (convert other image formats to PNG)")
-    image = read_dicom(data, config) if fmt == "dicom" else read_pillow(data, fmt, config, jpeg_draft)
+    image = _decode(data, fmt, config, jpeg_draft)
     if image.size and image.min() == image.max():
         raise ScanError("bad_pixels", f"the scan decodes to one flat gray level ({int(image.flat[0])}) in every pixel: "
                                       "there is nothing to screen; check the export that produced it")
     log.debug("decoded a %s scan of %dx%d pixels", fmt, image.shape[1], image.shape[0])
     return image
+
+
+def _decode(data: bytes, fmt: str, config: ScanConfig, jpeg_draft: int | None) -> np.ndarray:
+    if fmt == "dicom":
+        return read_dicom(data, config)
+    if fmt == "png":
+        image = read_png(data, config)  # None: a layout Pillow converts, its data found complete
+        if image is not None:
+            return image
+    return read_pillow(data, fmt, config, jpeg_draft)
 
 
 def _describe(data: bytes) -> str:

@@ -1,4 +1,4 @@
-"""PNG and JPEG scans through Pillow, with the container checked before Pillow decodes it.
+"""JPEG scans, and the PNG layouts `png.read_png` leaves to Pillow, with the container checked first.
 
 Pillow decodes what it is given as far as it can: it does not check the CRC of image data, a
 JPEG whose entropy-coded data ends early comes out gray where the data is missing, and an
@@ -11,7 +11,6 @@ before anything is decoded.
 from __future__ import annotations
 
 import struct
-import zlib
 from io import BytesIO
 
 import numpy as np
@@ -20,37 +19,14 @@ from PIL import Image, ImageOps
 
 from clare_dist.scans.errors import ScanConfig, ScanError, check_dimensions
 from clare_dist.scans.pixels import scale_to_uint8
+from clare_dist.scans.png import png_header
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 # A baseline JPEG codes each 8×8 block in at least 2 bits, 1 byte per 256 pixels; a stream under a
 # 64th of that holds no image (e.g. 361 bytes declaring 7000²), and Pillow would draw it flat gray.
 MIN_JPEG_BYTES_PER_PIXEL = 1 / (256 * 64)
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4 DHT, C8 JPG, CC DAC
 _STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from IHDR, after checking every chunk's length and CRC up to IEND."""
-    view, pos, size = memoryview(data), len(PNG_MAGIC), None
-    while True:
-        if pos + 12 > len(data):
-            raise ScanError("truncated", "the PNG file is cut short (no IEND chunk); re-export or copy the scan again")
-        length, tag = struct.unpack(">I4s", data[pos : pos + 8])
-        end = pos + 12 + length
-        if end > len(data):
-            raise ScanError("truncated", f"the PNG {_tag(tag)} chunk is cut short; re-export or copy the scan again")
-        (crc,) = struct.unpack(">I", data[end - 4 : end])
-        if zlib.crc32(view[pos + 4 : end - 4]) != crc:
-            raise ScanError("truncated", f"the PNG {_tag(tag)} chunk fails its CRC check: the file was damaged in "
-                                         "storage or transfer; copy the scan again")
-        if size is None:
-            if tag != b"IHDR" or length != 13:
-                raise ScanError("truncated", "the PNG file does not start with its IHDR header; re-export the scan")
-            size = struct.unpack(">II", data[pos + 8 : pos + 16])
-        if tag == b"IEND":
-            return size
-        pos = end
 
 
 def jpeg_size(data: bytes) -> tuple[int, int, int]:
@@ -94,8 +70,8 @@ def read_pillow(data: bytes, fmt: str, config: ScanConfig, jpeg_draft: int | Non
     smallest 1/2ᵏ DCT scale whose sides are both still at least that (libjpeg skips the rest)."""
     name = fmt.upper()
     if fmt == "png":
-        width, height = png_size(data)
-        check_dimensions(width, height, 1, config, name)
+        header = png_header(data)
+        check_dimensions(header.width, header.height, 1, config, name)
     else:
         width, height, coded = jpeg_size(data)
         check_dimensions(width, height, 1, config, name)
@@ -144,6 +120,3 @@ def _pixels(image: Image.Image) -> np.ndarray:
     except ValueError:  # "Image rows are not contiguous in memory"
         return np.array(image)
 
-
-def _tag(tag: bytes) -> str:
-    return tag.decode("ascii") if tag.isalpha() else "(unnamed)"
