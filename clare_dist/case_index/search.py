@@ -50,23 +50,23 @@ class Partition:
         k = min(k, len(self))
         if k == 0 or len(q) == 0:
             return np.zeros((len(q), k)), np.zeros((len(q), k), dtype=np.int64)
-        if len(q) == 1:  # a lone scan: the same steps on 1-D arrays, a few numpy calls fewer
-            d2, rows = self._search_one(q[0].astype(np.float64), k)
-            return d2[None, :], rows[None, :]
+        if len(q) == 1:
+            d2, rows = self.search_one(float(q[0, 0]), float(q[0, 1]), k)
+            return np.array([d2]), np.array([rows], dtype=np.int64)
         return self._search_many(q.astype(np.float64), k)
 
-    def _search_one(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        n, fetch = len(self), min(k + 1, len(self))
+    def search_one(self, x: float, y: float, k: int) -> tuple[list[float], list[int]]:
+        """`search` of one point, k ≤ len(self), in Python floats: for the ten-odd candidates of a lone
+        scan, numpy's per-call cost (~1 µs each, a dozen calls) is most of the query. The arithmetic
+        is numpy's: (x' − x)² + (y' − y)² in float64, ties by table row."""
+        n, fetch, q = len(self), min(k + 1, len(self)), (x, y)
         while True:
             distances, found = self.tree.query(q, k=fetch if fetch > 1 else [1])
-            delta = self.tree.data[found] - q
-            np.multiply(delta, delta, out=delta)
-            d2 = delta[:, 0] + delta[:, 1]
-            rows = self.tree_rows[found]
-            ranked = np.lexsort((rows, d2))[:k]
+            candidates = sorted(((px - x) * (px - x) + (py - y) * (py - y), row) for (px, py), row
+                                in zip(self.tree.data[found].tolist(), self.tree_rows[found].tolist()))[:k]
             farthest = float(distances[-1]) ** 2  # the tree's m-th candidate: nothing unproposed is nearer
-            if fetch == n or farthest * (1 - RELATIVE_MARGIN) > float(d2[ranked[-1]]) * (1 + RELATIVE_MARGIN):
-                return d2[ranked], rows[ranked]
+            if fetch == n or farthest * (1 - RELATIVE_MARGIN) > candidates[-1][0] * (1 + RELATIVE_MARGIN):
+                return [d for d, _ in candidates], [row for _, row in candidates]
             fetch = min(2 * fetch, n)
 
     def _search_many(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
