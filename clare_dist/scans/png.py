@@ -97,12 +97,16 @@ def read_png(data: bytes, config: ScanConfig) -> np.ndarray | None:
 
 def gray_like_pillow(pixels: np.ndarray) -> np.ndarray:
     """libpng's pixels as the 8-bit gray image Pillow makes of the same PNG: gray as is, 16-bit
-    gray scaled by its own range, alpha dropped, colour by Pillow's integer luma."""
+    gray scaled by its own range, alpha dropped, colour by Pillow's integer luma (which gives R
+    itself where R = G = B, as in RGBA exports of gray scans)."""
     if pixels.ndim == 2:
         return pixels if pixels.dtype == np.uint8 else scale_to_uint8(pixels)
     if pixels.shape[2] <= 2:  # gray + alpha
         return np.ascontiguousarray(pixels[:, :, 0])
-    luma = pixels[:, :, 0] * np.uint32(_LUMA[0])
+    red = pixels[:, :, 0]
+    if np.array_equal(red, pixels[:, :, 1]) and np.array_equal(red, pixels[:, :, 2]):
+        return np.ascontiguousarray(red)  # gray stored as colour (the luma weights sum to 65536): R itself
+    luma = red * np.uint32(_LUMA[0])
     luma += pixels[:, :, 1] * np.uint32(_LUMA[1])
     luma += pixels[:, :, 2] * np.uint32(_LUMA[2])
     luma += np.uint32(0x8000)

@@ -10,7 +10,7 @@ another is refused rather than run on input the model never saw.
   averaging (OpenCV's INTER_AREA: every source pixel weighs by the area it covers; bilinear when
   enlarging). A JPEG is decoded by libjpeg straight to the smallest 1/2ᵏ scale that is still at
   least the input side on both axes (Pillow's `draft`), which skips most of its inverse DCT. On
-  one core a 1024² PNG takes ~6 ms, against ~15 ms before.
+  one core a 1024² 8-bit gray PNG takes ~5 ms (libpng decodes it, `scans.png`), against ~10 ms before.
 - "lanczos/1": the scan decoded at full resolution and resized with Pillow's LANCZOS, as every
   bundle before issue 19 was trained. Bundles whose manifest names no preprocessing are these.
 
