@@ -269,6 +269,15 @@ def indexed_tiny_bundle(tiny_archive: Path, tiny_bundle: Path, tmp_path_factory:
 _SERVE_PORT: list[int] = []
 
 
+def connect_ray(address: str):
+    """This process joined to the session's cluster, once (a test that needs a runtime_env reconnects itself)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+    return ray
+
+
 def start_serve() -> int:
     """Serve's HTTP proxy on a free loopback port, started once in the session's Ray (which the
     caller is connected to); later calls return the same port.

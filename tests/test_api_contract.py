@@ -25,6 +25,8 @@ from clare_dist.bundle import load_bundle
 from clare_dist.scans import ScanConfig, ScanError
 from clare_dist.screening import decode
 
+from conftest import connect_ray
+
 TOKEN = "contract-token-52c1"
 MAX_BODY_MB = 1
 EXAMPLES = 60  # generated cases per operation and phase
@@ -125,8 +127,7 @@ def api_url(request, ray_address, indexed_tiny_bundle, tiny_archive):
 
     from conftest import start_serve
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address)
+    connect_ray(ray_address)
     port = start_serve()  # before the token: Serve's controller must not inherit it
     ray.shutdown()
     ray.init(address=ray_address, runtime_env={"env_vars": {TOKEN_ENV: TOKEN}})

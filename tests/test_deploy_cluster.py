@@ -22,7 +22,7 @@ import yaml
 
 from clare_dist.batch import read_results
 from clare_dist.bundle import load_bundle
-from conftest import KUBERAY_DIR
+from conftest import connect_ray, KUBERAY_DIR
 
 SERVE_CONFIG = KUBERAY_DIR.parents[1] / "serve" / "config.yaml"
 
@@ -71,14 +71,12 @@ def test_the_embed_rayjob_entrypoint_indexes_and_screens(ray_address, tiny_archi
 
 
 def test_the_rayservice_serve_config_serves(ray_address, indexed_tiny_bundle, tiny_archive, tmp_path):
-    import ray
     from ray import serve
 
     from conftest import start_serve
     from serve.app import APP_NAME
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address)
+    connect_ray(ray_address)
     port = start_serve()  # the session's proxy; the config's port 8000 may be taken on this machine
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     config["proxy_location"] = "HeadOnly"  # as the session's proxy runs (conftest.start_serve)

@@ -23,6 +23,8 @@ from clare_dist.labels import CLASSES, combination_name
 from clare_dist.result_files import ResultFolders
 from clare_dist.synth import encode_dx
 
+from conftest import connect_ray
+
 # file name → expected status ("ok") or the error kind
 BAD_FILES = {
     "empty.png": "empty",
@@ -82,11 +84,7 @@ def mixed_archive(tiny_archive, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_session(ray_address):
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=ray_address)
-    return ray
+    return connect_ray(ray_address)
 
 
 def test_every_input_gives_one_row_with_the_right_status(mixed_archive, tiny_bundle, ray_session, tmp_path):

@@ -26,6 +26,8 @@ import pytest
 
 from clare_dist.batch import read_results
 
+from conftest import connect_ray
+
 REPO = Path(__file__).resolve().parents[1]
 SCANS = 160  # the tiny archive
 
@@ -84,10 +86,7 @@ def working_processes(titled: str, under: int | None = None) -> list[psutil.Proc
 
 @pytest.fixture(scope="module")
 def connected(ray_address):
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=ray_address)
+    connect_ray(ray_address)
     return ray_address
 
 

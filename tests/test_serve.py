@@ -19,6 +19,8 @@ from scan_files import dicom_bytes, gradient
 
 from clare_dist.bundle import load_bundle
 
+from conftest import connect_ray
+
 TOKEN = "test-token-7f3a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY_MB = 1
@@ -49,8 +51,7 @@ def app_url(request, ray_address, indexed_tiny_bundle, tiny_archive, batch_scree
 
     from conftest import start_serve
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address)
+    connect_ray(ray_address)
     port = start_serve()  # before the token: Serve's controller (and apps deployed later from a config) must not inherit it
     ray.shutdown()
     ray.init(address=ray_address, runtime_env={"env_vars": {TOKEN_ENV: TOKEN}})
@@ -403,6 +404,5 @@ def test_a_replica_counts_the_cpus_of_its_ray_node(ray_address):
     from conftest import WORKER_CPUS
     from serve.cpus import node_cpus
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address)
+    connect_ray(ray_address)
     assert ray.get(ray.remote(num_cpus=0.01)(node_cpus).remote(), timeout=60) == WORKER_CPUS

@@ -21,6 +21,8 @@ from PIL import Image
 
 from clare_dist.bundle import load_bundle
 
+from conftest import connect_ray
+
 BUDGET_S = 0.3
 RATE = 120  # requests a second of a 1024x1024 PNG: several times what 2 cores decode
 SECONDS = 3.0
@@ -28,14 +30,12 @@ SECONDS = 3.0
 
 @pytest.fixture(scope="module")
 def shedding_app(ray_address, tiny_bundle):
-    import ray
     from ray import serve
 
     from conftest import start_serve
     from serve.app import APP_NAME, build_app
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address)
+    connect_ray(ray_address)
     port = start_serve()
     serve.run(build_app({"bundle": str(tiny_bundle), "topology": "single", "max_queue_wait_s": BUDGET_S}),
               name=APP_NAME, route_prefix="/")
