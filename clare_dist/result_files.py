@@ -12,6 +12,7 @@ note, and the others go on.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from dataclasses import dataclass, field, replace
@@ -77,6 +78,15 @@ def explanation_picture(bundle: Bundle, index: CaseIndex | None, screening: Scre
     return picture_from_png(figure_png(explanation_of(bundle, index, unnamed, source, images_root, limits)))
 
 
+def batch_pictures(bundle: Bundle, index: CaseIndex | None, screenings: Sequence[Screening],
+                   sources: Sequence[ScanSource], limits: ScanConfig = ScanConfig()) -> list[Picture]:
+    """Each scan's explanation picture, drawn at its first use and kept for the batch: the files
+    (`write_batch_results`) and the PACS store (`pacs.stages.store_results`) of one batch share
+    it, instead of drawing each figure twice (~1 MB of RGB a scan held until the batch is done)."""
+    return [functools.cache(lambda s=screening, p=source: explanation_picture(bundle, index, s, p, None, limits))
+            for screening, source in zip(screenings, sources)]
+
+
 def study_uid(header: Dataset | None) -> str | None:
     """The Study Instance UID a FHIR report names the study by; None for a scan that belongs to no study."""
     return str(header.StudyInstanceUID) if header is not None and header.get("StudyInstanceUID") else None
@@ -133,13 +143,17 @@ def _not_written(err: ClareError) -> str:
 
 
 def write_batch_results(screenings: Sequence[Screening], sources: Sequence[ScanSource], bundle: Bundle,
-                        index: CaseIndex | None, folders: ResultFolders, limits: ScanConfig = ScanConfig()) -> int:
+                        index: CaseIndex | None, folders: ResultFolders, limits: ScanConfig = ScanConfig(),
+                        pictures: Sequence[Picture] | None = None) -> int:
     """The result files of one batch of the archive job (in its finish stage, before the rows are
     written: a scan has a row only once its files exist, so a resumed run redoes exactly the rest).
-    Returns how many files were written; the notes are counted in the log."""
+    Returns how many files were written; the notes are counted in the log. `pictures`: the batch's
+    (`batch_pictures`), where the PACS store shares them."""
     algorithm, written, notes = algorithm_of(bundle), 0, Counter()
-    for screening, source in zip(screenings, sources):
-        picture = (lambda s=screening, p=source: explanation_picture(bundle, index, s, p, None, limits)) if folders.dicom else None
+    if folders.dicom is not None and pictures is None:
+        pictures = batch_pictures(bundle, index, screenings, sources, limits)
+    for i, (screening, source) in enumerate(zip(screenings, sources)):
+        picture = pictures[i] if folders.dicom is not None else None
         files = write_result_files(screening, source, algorithm, folders, picture, limits)
         written += len(files.paths)
         notes.update([files.note] if files.note else [])

@@ -141,15 +141,17 @@ def _finish(batch: pd.DataFrame, bundle_path: str, manifest_stamp: str, k: int, 
     screenings = finish_screenings(batch, bundle.references, bundle.model_version, index=index, k=k)
     paths = batch["path"].astype(str).tolist()
     sources = batch["source"].tolist() if "source" in batch else paths  # a PACS's objects, or the files
+    pictures = None
     if folders is not None:  # the results for hospital systems, before the rows that say they exist
-        from clare_dist.result_files import write_batch_results
+        from clare_dist.result_files import batch_pictures, write_batch_results
 
-        write_batch_results(screenings, sources, bundle, index, folders, limits)
+        pictures = batch_pictures(bundle, index, screenings, sources, limits)  # shared with the store below
+        write_batch_results(screenings, sources, bundle, index, folders, limits, pictures)
     stored = None
     if store_to is not None:
         from clare_dist.pacs.stages import store_results
 
-        stored = store_results(screenings, sources, bundle, index, store_to, limits)
+        stored = store_results(screenings, sources, bundle, index, store_to, limits, pictures)
     return to_table(screenings, paths, stored)
 
 

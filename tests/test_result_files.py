@@ -120,3 +120,45 @@ def test_a_source_value_dicom_does_not_allow_is_refused_by_name_never_by_value(t
     assert "PatientSex, StudyDate hold(s) a value DICOM does not allow" in files.note
     assert [p.parent.name for p in files.paths] == ["ehr"]  # the FHIR Bundle still goes
     assert "secret" not in files.note and "secret" not in caplog.text
+
+
+class _RecordingPacs:
+    """Keeps what it is given, and finds it again: enough of a PACS for what `store_results` calls."""
+
+    def __init__(self) -> None:
+        self.kept: list = []
+
+    def store(self, datasets) -> None:
+        self.kept += list(datasets)
+
+    def stored(self, study_uid: str, uids: list[str]) -> list[str]:
+        return [uid for uid in uids if uid in {str(ds.SOPInstanceUID) for ds in self.kept}]
+
+
+def test_the_files_and_the_pacs_store_of_one_batch_share_each_picture(tiny_bundle, tmp_path, monkeypatch):
+    import clare_dist.result_files as result_files
+    from clare_dist.pacs.stages import store_results
+    from clare_dist.scans import ScanConfig
+    from clare_dist.screening import Screener
+
+    drawn = []
+
+    def draw(bundle, index, screening, source, images_root=None, limits=None):
+        drawn.append(screening.scan_id)
+        return np.full((16, 24, 3), len(drawn), np.uint8)
+
+    monkeypatch.setattr(result_files, "explanation_picture", draw)
+    bundle = load_bundle(tiny_bundle)
+    sources = [dx(seed, "explicit") for seed in (1, 2)]
+    screenings = Screener(bundle, threads=1).screen(sources, ["a", "b"])
+    pictures = result_files.batch_pictures(bundle, None, screenings, sources, ScanConfig())
+    written = result_files.write_batch_results(screenings, sources, bundle, None, ResultFolders(tmp_path), ScanConfig(),
+                                               pictures)
+    pacs = _RecordingPacs()
+    assert store_results(screenings, sources, bundle, None, pacs, ScanConfig(), pictures) == ["confirmed"] * 2
+    assert written == 4 and drawn == ["a", "b"]  # each figure drawn once, for both ways out
+    captures = {str(ds.SOPInstanceUID): ds for ds in pacs.kept if ds.Modality == "OT"}
+    assert len(captures) == 2
+    for uid, stored in captures.items():
+        on_disk = pydicom.dcmread(tmp_path / f"{uid}.dcm")
+        assert np.array_equal(on_disk.pixel_array, stored.pixel_array)

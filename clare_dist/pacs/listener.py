@@ -174,7 +174,10 @@ class Listener:
         self.log.mark(sop_uid, SCREENED, decision=screening.combination)
         index = self._screener.index if self._screener is not None else None
         try:
-            datasets = result_datasets(screening, data, header, self.bundle, index, self.limits)
+            from clare_dist.result_files import explanation_picture
+
+            picture = lambda: explanation_picture(self.bundle, index, screening, data, None, self.limits)  # noqa: E731
+            datasets = result_datasets(screening, header, self.bundle, picture)
         except ClareError as err:
             self._finish(sop_uid, path, FAILED, f"results not made: {err}")
             return

@@ -100,12 +100,12 @@ def _header_skip(data: bytes, listed: Instance, selection: Selection, config: Sc
     return selection.skip(Instance.from_header(header, listed.study_uid, listed.series_uid, listed.sop_uid))
 
 
-def result_datasets(screening: Screening, source: bytes, header, bundle: Bundle, index, limits: ScanConfig) -> list:
-    """The SR and Secondary Capture of a screened DICOM scan, in its study (result_files.dicom_results)."""
+def result_datasets(screening: Screening, header, bundle: Bundle, picture) -> list:
+    """The SR and Secondary Capture (drawn by `picture`) of a screened DICOM scan, in its study
+    (result_files.dicom_results)."""
     from clare_dist.encode.identity import algorithm_of
-    from clare_dist.result_files import dicom_results, explanation_picture
+    from clare_dist.result_files import dicom_results
 
-    picture = lambda: explanation_picture(bundle, index, screening, source, None, limits)  # noqa: E731
     return dicom_results(screening, header, algorithm_of(bundle), picture)
 
 
@@ -120,17 +120,22 @@ def store_confirmed(pacs: Pacs, datasets: Sequence, study_uid: str) -> str:
 
 
 def store_results(screenings: Sequence[Screening], sources: Sequence[bytes | None], bundle: Bundle, index, pacs: Pacs,
-                  limits: ScanConfig) -> list[str | None]:
+                  limits: ScanConfig, pictures: Sequence | None = None) -> list[str | None]:
     """Store each screened scan's SR and Secondary Capture in its study and query them back; per scan,
-    "confirmed" or why not (None for a scan with no results to store)."""
+    "confirmed" or why not (None for a scan with no results to store). `pictures`: the batch's
+    (`result_files.batch_pictures`), where the result files share them."""
+    from clare_dist.result_files import batch_pictures
+
+    if pictures is None:
+        pictures = batch_pictures(bundle, index, screenings, sources, limits)
     outcome: list[str | None] = []
-    for screening, source in zip(screenings, sources):
+    for screening, source, picture in zip(screenings, sources, pictures):
         if not screening.ok or source is None:
             outcome.append(None)
             continue
         try:
             header = read_dicom_header(source, limits)
-            datasets = result_datasets(screening, source, header, bundle, index, limits)
+            datasets = result_datasets(screening, header, bundle, picture)
             outcome.append(store_confirmed(pacs, datasets, str(header.StudyInstanceUID)))
         except PacsError as err:
             outcome.append(f"failed: {err.kind}: {err.message}")
