@@ -101,9 +101,13 @@ def wait_until_working(port: int, within_s: float = 60) -> bool:
     """Whether the API's readiness showed a request at work or queued before `within_s`."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        queue = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["queue"]
-        if queue["working"] + queue["waiting"] > 0:
-            return True
+        answer = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        # With both cores busy, the proxy in front may answer for the replica (a 502/503 page, not
+        # JSON) before it answers again: only the replica's own answer counts.
+        if answer.headers.get("content-type", "").startswith("application/json"):
+            queue = answer.json().get("queue", {})
+            if queue.get("working", 0) + queue.get("waiting", 0) > 0:
+                return True
         time.sleep(0.05)
     return False
 
