@@ -29,7 +29,6 @@ from clare_dist.result import DEFAULT_K
 
 log = logging.getLogger(__name__)
 
-_COMBINATIONS = list(COMBINATIONS)
 _COMBINATION_NAMES = np.array(COMBINATIONS, dtype=object)
 
 
@@ -122,7 +121,7 @@ class CaseIndex:
             d2, rows = partition.search_one(float(q[0, 0]), float(q[0, 1]), min(k, len(partition)))
             codes_by_row = self._codes_by_row
             case_ids = np.array([self._case_ids.get_many(rows)], dtype=object)
-            names = np.array([[_COMBINATIONS[codes_by_row[row]] for row in rows]], dtype=object)
+            names = np.array([[COMBINATIONS[codes_by_row[row]] for row in rows]], dtype=object)
             distances = np.sqrt(np.array([d2])).astype(np.float32)
         else:
             d2, rows = partition.search(q, k)
@@ -190,7 +189,7 @@ class _Strings:
         _, offsets, data = array.buffers()
         self._offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
         self._data = memoryview(data if data is not None else b"")
-        self._offsets_by_row = memoryview(np.ascontiguousarray(self._offsets)).cast("B").cast("q")  # Python ints
+        self._offsets_by_row = memoryview(self._offsets)  # indexed by row: Python ints
 
     def get_many(self, rows: list[int]) -> list[str]:
         """The strings at a few rows, without numpy's per-call cost."""

@@ -7,8 +7,8 @@ known failures carry a specific kind and a message hospital IT can act on, and a
 unexpected is logged with its traceback and becomes kind `internal` (a row, not a failed job).
 
 The parts: `errors` (the error and the limits), `files` (reading regular files only, capped),
-`png` (PNG: chunks checked, then libpng), `pillow` (JPEG and the PNG layouts Pillow converts), `dicom` (every transfer syntax, header values
-checked), `pixels` (stored values → 8-bit in bounded memory), `preprocessing` (decoded scan → the
+`png` (PNG: chunks checked, then libpng), `pillow` (JPEG, and the PNG layouts Pillow converts),
+`dicom` (every transfer syntax, header values checked), `pixels` (stored values → 8-bit in bounded memory), `preprocessing` (decoded scan → the
 model's input, by name and version).
 """
 

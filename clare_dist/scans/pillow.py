@@ -19,7 +19,6 @@ from PIL import Image, ImageOps
 
 from clare_dist.scans.errors import ScanConfig, ScanError, check_dimensions
 from clare_dist.scans.pixels import scale_to_uint8
-from clare_dist.scans.png import png_header
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # A baseline JPEG codes each 8×8 block in at least 2 bits, 1 byte per 256 pixels; a stream under a
@@ -69,10 +68,7 @@ def read_pillow(data: bytes, fmt: str, config: ScanConfig, jpeg_draft: int | Non
     """A PNG or JPEG scan as a 2-D uint8 image at its own resolution; with `jpeg_draft`, a JPEG at the
     smallest 1/2ᵏ DCT scale whose sides are both still at least that (libjpeg skips the rest)."""
     name = fmt.upper()
-    if fmt == "png":
-        header = png_header(data)
-        check_dimensions(header.width, header.height, 1, config, name)
-    else:
+    if fmt == "jpeg":  # a PNG comes here only from `png.read_png`, its chunks and size checked there
         width, height, coded = jpeg_size(data)
         check_dimensions(width, height, 1, config, name)
         check_jpeg_holds_image(width, height, coded)
