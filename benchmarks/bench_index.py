@@ -11,7 +11,8 @@ reference, as R1 would predict it):
 - batched queries: per-query time amortised over batches;
 - exactness: ids and distances equal to numpy brute force (recall@k = 1.0);
 - queries far outside the data (a corrupted scan's coordinates), timed like the others;
-- for scale: one tiny numpy call (how loaded the machine is: ~1 us when idle);
+- for scale: one tiny numpy call (how loaded the machine is: ~1 us when idle), and how often the
+  machine interrupts a running thread (`machine_noise.py`): what a single query's p99 can be here;
 - with --grid, the uniform grid that the k-d tree was chosen over (`index_grid.py`), its single
   queries near and far and its exactness.
 
@@ -41,6 +42,7 @@ import scipy
 
 from clare_dist.case_index import LEAF_SIZE, CaseIndex
 from clare_dist.labels import COMBINATIONS, TABLE1_COUNTS
+from machine_noise import describe, interruptions
 
 log = logging.getLogger("bench_index")
 SPREAD = 0.04  # std of a prediction around its reference
@@ -199,6 +201,7 @@ def run_size(n: int, args: argparse.Namespace, refs: np.ndarray) -> dict:
     result["single_all_far_outside"] = timed([lambda i=i: index.nearest(far[i], None, k) for i in range(len(far))])
     result["single_per_combination_far_outside"] = timed([lambda i=i: index.nearest(far[i], names[i], k) for i in range(len(far))])
     result["numpy_small_call"] = timed([lambda: np.add(q[:2], 1.0) for _ in range(2000)])  # the machine's pace
+    result["machine_noise"] = interruptions(2.0)  # the same minutes: what bounds the single queries' p99
     checked = np.concatenate([q[: args.recall_queries], far[: args.recall_queries // 4]])
     result["exactness"] = exactness(index, table, checked, nearest_reference(checked, refs), k)
     if args.grid:
@@ -249,6 +252,7 @@ def report(result: dict) -> None:
         wall, cpu = figures["wall"], figures["cpu"]
         print(f"{key:36s} wall p50 {wall['p50_us']:8.1f} us  p99 {wall['p99_us']:8.1f} us | "
               f"CPU p50 {cpu['p50_us']:8.1f} us  p99 {cpu['p99_us']:8.1f} us")
+    print(describe(result["machine_noise"], result["single_all_far_outside"]["wall"]["p50_us"]), "(a far query's p50)")
     print("exactness vs numpy brute force (among the cases and far outside):", result["exactness"])
     if grid:
         print(f"grid: build {grid['build_s']:.2f} s, exact share {grid['all_exact_share']}")

@@ -1,7 +1,7 @@
 """Benchmark of the serving chain: POST /v1/predict over real HTTP against the same work in-process.
 
 DESIGN.md §3: the whole chain adds ≤ 10 ms over the same decode + inference done in one process
-(at concurrency 1), and with dynamic batching its saturated throughput is ≥ 0.8× batched ONNX
+(at concurrency 1), and with dynamic batching its saturated throughput is ≥ 0.9× batched ONNX
 Runtime throughput. Both use the ResNet50 bundle (untrained: latency does not depend on the
 weights) with a case index, and the same 1024×1024 PNG scans (common.py says how they are made).
 
@@ -17,7 +17,9 @@ weights) with a case index, and the same 1024×1024 PNG scans (common.py says ho
   figure held to the target, as both sides see the same minutes of the machine (a shared VM
   drifts more between minutes than the overhead measured).
 - Load: asyncio + aiohttp in this process, C workers each posting a raw PNG body in a loop
-  (cycling through `--files` scans) for `--duration` s after `--warmup` s, for each C. Reported:
+  (cycling through `--files` scans) for `--duration` s after `--warmup` s, for each C; a worker
+  answered 503 waits its Retry-After, as the API asks of clients (`--ignore-retry-after`: posts
+  again at once, and the refusals' own CPU is part of the figure). Reported:
   p50/p99 of the 200s, requests/s, errors by status, and the mean of each stage of the response's
   Server-Timing header (decode, regress, lookup: measured in the ingress, hops included), so the
   overhead splits into hops per stage and what lies outside the stages (proxy, ingress, HTTP).
@@ -110,6 +112,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds recorded per concurrency")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of unrecorded load before each")
     parser.add_argument("--request-timeout", type=float, default=120.0)
+    parser.add_argument("--ignore-retry-after", action="store_true",
+                        help="a worker answered 503 posts again at once instead of waiting its Retry-After")
     add_app_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
     return parser.parse_args()
@@ -155,7 +159,8 @@ def run_load(bundle: Path, bodies: list[bytes], args: argparse.Namespace) -> dic
         print_paired(paired)
         levels = []
         for concurrency in (int(c) for c in args.concurrency.split(",")):
-            levels.append(asyncio.run(load_level(url, bodies, concurrency, args.duration, args.warmup, args.request_timeout)))
+            levels.append(asyncio.run(load_level(url, bodies, concurrency, args.duration, args.warmup, args.request_timeout,
+                                                   not args.ignore_retry_after)))
             log.info("C=%d: %.2f req/s, p50 %.1f ms", concurrency, levels[-1]["req_s"],
                      levels[-1]["latency"].get("p50_ms", float("nan")))
         print_levels(levels)
@@ -198,7 +203,7 @@ def main() -> None:
     bodies = [f.read_bytes() for f in files]
     document: dict = {
         "benchmark": "serving chain: POST /v1/predict over loopback HTTP vs the same work in-process",
-        "targets": "overhead <= 10 ms at concurrency 1; saturated req/s >= 0.8x batched ORT img/s (DESIGN.md 3)",
+        "targets": "overhead <= 10 ms at concurrency 1; saturated req/s >= 0.9x batched ORT img/s (DESIGN.md 3)",
         "machine": machine(), "bundle": str(bundle), "image_size": args.image_size, "index_cases": args.index_cases,
         "scans": {"files": len(bodies), "size": f"{args.scan_size}x{args.scan_size} PNG", "mean_kib": float(np.mean([len(b) for b in bodies]) / 1024)},
         "load": {"concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup},

@@ -71,8 +71,12 @@ def print_paired(paired: dict) -> None:
 
 
 async def load_level(url: str, bodies: list[bytes], concurrency: int, duration: float, warmup: float,
-                     timeout: float) -> dict:
-    """C workers posting scans back to back: a warm-up, then `duration` s recorded."""
+                     timeout: float, honour_retry_after: bool = True) -> dict:
+    """C workers posting scans back to back: a warm-up, then `duration` s recorded.
+
+    A worker answered 503 waits its Retry-After before posting again, as the API asks of every
+    client (and as a client that retries later does); with `honour_retry_after` off it posts at
+    once, a storm of refusals whose own CPU, on the cores that serve, is then part of the figure."""
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -88,10 +92,13 @@ async def load_level(url: str, bodies: list[bytes], concurrency: int, duration: 
                     async with http.post(f"{url}/v1/predict", data=body, headers={"Content-Type": "image/png"}) as response:
                         await response.read()
                         status, timing = response.status, response.headers.get("server-timing")
+                        retry_after = response.headers.get("retry-after")
                 except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                    status, timing = type(err).__name__, None
+                    status, timing, retry_after = type(err).__name__, None, None
                 if record:
                     records.append((time.perf_counter() - start, status, timing))
+                if honour_retry_after and status == 503 and retry_after:
+                    await asyncio.sleep(min(float(retry_after), max(0.0, until - time.perf_counter())))
 
         await asyncio.gather(*(worker(time.perf_counter() + warmup, False) for _ in range(concurrency)))
         sampler = CpuSampler()

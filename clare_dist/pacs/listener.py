@@ -174,9 +174,9 @@ class Listener:
         self.log.mark(sop_uid, SCREENED, decision=screening.combination)
         index = self._screener.index if self._screener is not None else None
         try:
-            from clare_dist.result_files import explanation_picture
+            from clare_dist.result_files import batch_pictures
 
-            picture = lambda: explanation_picture(self.bundle, index, screening, data, None, self.limits)  # noqa: E731
+            picture = batch_pictures(self.bundle, index, [screening], [data], self.limits)[0]
             datasets = result_datasets(screening, header, self.bundle, picture)
         except ClareError as err:
             self._finish(sop_uid, path, FAILED, f"results not made: {err}")
