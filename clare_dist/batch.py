@@ -32,6 +32,8 @@ from clare_dist.screening import screen_points
 log = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
+DELIVERIES_DIR = "deliveries"  # results delivered again by a rerun (pacs.redelivery): newest outcome per scan
+DELIVERY_SCHEMA = pa.schema([("scan_id", pa.string()), ("results_stored", pa.string()), ("delivered_at", pa.float64())])
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,20 @@ def completed_scan_ids(out_dir: str | os.PathLike) -> set[str]:
 
 
 def read_results(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """All result rows of an embed output directory, one per scan, sorted by scan id."""
+    """All result rows of an embed output directory, one per scan, sorted by scan id; a scan whose
+    results a later run delivered again shows that delivery's outcome in `results_stored`."""
     parts = sorted((Path(out_dir) / RESULTS_DIR).glob("*.parquet"))
     if not parts:
         return ROW_SCHEMA.empty_table().to_pandas()
     table = pa.concat_tables([pq.read_table(p, schema=ROW_SCHEMA) for p in parts])
-    return table.to_pandas().sort_values("scan_id", ignore_index=True)
+    results = table.to_pandas().sort_values("scan_id", ignore_index=True)
+    deliveries = sorted((Path(out_dir) / DELIVERIES_DIR).glob("*.parquet"))
+    if deliveries:
+        latest = (pa.concat_tables([pq.read_table(p, schema=DELIVERY_SCHEMA) for p in deliveries]).to_pandas()
+                  .sort_values("delivered_at", kind="stable").drop_duplicates("scan_id", keep="last").set_index("scan_id"))
+        redelivered = results["scan_id"].isin(latest.index)
+        results.loc[redelivered, "results_stored"] = latest.loc[results.loc[redelivered, "scan_id"], "results_stored"].to_numpy()
+    return results
 
 
 def decode_batch(batch: dict[str, np.ndarray], config: ScanConfig, cache: ScanCache | None = None) -> dict[str, np.ndarray]:

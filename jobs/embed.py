@@ -9,7 +9,8 @@ with a cheap model the job ran at 0.18x a plain loop; fused, nothing moves betwe
 the job scales with the CPUs it is given. The stages are `clare_dist.batch` functions either way. The archive is a folder (or a manifest), or a PACS
 (`PacsSource`): then the query's instance list is saved first, the decode stage retrieves
 (`clare_dist.pacs.stages`, at most `concurrency` tasks talking to the PACS at once), and with
-`store_results` the finish stage stores each SR and Secondary Capture back and confirms it. Resumption is the output's own: scans already in complete part
+`store_results` the finish stage stores each SR and Secondary Capture back and confirms it (a rerun
+delivers again what an earlier run could not: `clare_dist.pacs.redelivery`). Resumption is the output's own: scans already in complete part
 files are not listed again, so a rerun after a kill screens only what is missing and never
 writes a row twice. Making a labelled archive's results the bundle's case index needs no Ray:
 `clare_dist.case_index.build_case_index`.
@@ -190,6 +191,7 @@ def run_embed(bundle_path: Path, source: Path | PacsSource, out_dir: Path, setti
     done = completed_scan_ids(out_dir)
     todo = inputs[~inputs["scan_id"].isin(done)]
     log.info("%d scans in %s: %d already screened, %d to do", len(inputs), _named(source), len(inputs) - len(todo), len(todo))
+    undelivered = _undelivered(inputs, out_dir) if isinstance(source, PacsSource) and source.store_results else None
     if len(todo):
         start = time.perf_counter()
         resources = ray.cluster_resources()
@@ -216,6 +218,8 @@ def run_embed(bundle_path: Path, source: Path | PacsSource, out_dir: Path, setti
                               use_gpu, cache)
         dataset.write_parquet(str(out_dir / RESULTS_DIR))
         log.info("screened %d scans in %.1f s", len(todo), time.perf_counter() - start)
+    if undelivered is not None and len(undelivered):
+        _redeliver(undelivered, bundle, source, settings, limits, out_dir)
     results = read_results(out_dir)
     counts = results["status"].value_counts().to_dict()
     log.info("%s: %d rows (%s)", out_dir, len(results), ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -267,6 +271,50 @@ def _staged(dataset: ray.data.Dataset, bundle, source: Path | PacsSource, settin
         batch_format="pandas", num_cpus=settings.task_cpus, max_retries=settings.task_retries,
     )
     return dataset
+
+
+def _undelivered(inputs: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """An earlier run's screened instances whose results the PACS does not hold, with each row's
+    screening (pickled, to travel to the tasks unchanged)."""
+    import pickle
+
+    from clare_dist.pacs.redelivery import screenings_of, undelivered
+    from clare_dist.pacs.stages import INSTANCE_COLUMNS
+
+    rows = undelivered(read_results(out_dir))
+    if not len(rows):
+        return rows
+    log.info("%d screened scans whose results the PACS does not hold: delivering them again", len(rows))
+    pickled = pd.DataFrame({"scan_id": rows["scan_id"].to_numpy(),
+                            "screening": [pickle.dumps(s) for s in screenings_of(rows)]})
+    return inputs[["scan_id", *INSTANCE_COLUMNS]].merge(pickled, on="scan_id")
+
+
+def redeliver_batch(batch: pd.DataFrame, pacs: Pacs, bundle_path: str, manifest_stamp: str, limits: ScanConfig) -> pd.DataFrame:
+    """The redelivery stage (pacs.redelivery): retrieve, remake, store and confirm a batch's results."""
+    import pickle
+
+    from clare_dist.pacs.redelivery import redeliver
+    from clare_dist.pacs.stages import instances_of
+
+    bundle, index = _bundle_for_task(bundle_path, manifest_stamp)
+    screenings = [pickle.loads(data) for data in batch["screening"]]
+    outcomes = redeliver(screenings, instances_of(batch), pacs, bundle, index, limits)
+    return pd.DataFrame({"scan_id": batch["scan_id"].to_numpy(), "results_stored": outcomes})
+
+
+def _redeliver(undelivered: pd.DataFrame, bundle, source: PacsSource, settings: EmbedSettings, limits: ScanConfig,
+               out_dir: Path) -> None:
+    from clare_dist.pacs.redelivery import write_deliveries
+
+    blocks = max(1, -(-len(undelivered) // settings.batch_size))
+    outcomes = ray.data.from_pandas(undelivered.reset_index(drop=True)).repartition(blocks).map_batches(
+        redeliver_batch, fn_kwargs={"pacs": source.pacs, "bundle_path": str(bundle.path), "manifest_stamp": _stamp(bundle),
+                                    "limits": limits},
+        batch_size=settings.batch_size, batch_format="pandas", num_cpus=settings.task_cpus,
+        compute=ray.data.TaskPoolStrategy(size=source.concurrency), max_retries=settings.task_retries,
+    ).to_pandas()
+    write_deliveries(out_dir, outcomes["scan_id"].astype(str).tolist(), outcomes["results_stored"].astype(str).tolist())
 
 
 def _pacs_inputs(source: PacsSource, out_dir: Path) -> pd.DataFrame:

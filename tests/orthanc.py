@@ -39,6 +39,7 @@ class Orthanc:
     dicom_port: int = field(default_factory=free_port)
     aet: str = "ORTHANC"
     process: subprocess.Popen | None = None
+    lua: str | None = None  # a Lua script Orthanc runs (e.g. a ReceivedInstanceFilter that refuses stores)
 
     @property
     def url(self) -> str:
@@ -66,8 +67,12 @@ class Orthanc:
 
     def start(self) -> Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / "orthanc.json"
-        path.write_text(json.dumps(self.config(), indent=1))
+        path, config = self.folder / "orthanc.json", self.config()
+        if self.lua is not None:
+            script = self.folder / "filter.lua"
+            script.write_text(self.lua)
+            config["LuaScripts"] = [str(script)]
+        path.write_text(json.dumps(config, indent=1))
         log = open(self.folder / "orthanc.log", "ab")
         env = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK, under Orthanc's DICOM port, reads it
         self.process = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT, env=env,

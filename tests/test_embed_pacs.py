@@ -106,6 +106,45 @@ def test_a_killed_run_resumes_to_the_same_rows_and_an_orthanc_restart_is_outlast
     assert derived(orthanc, files) == ["OT"] * 38 + ["SR"] * 38
 
 
+ONLY_SCANS = "function ReceivedInstanceFilter(dicom, origin, info)\n  return dicom.Modality == 'DX'\nend\n"
+
+
+def test_results_the_pacs_did_not_keep_are_delivered_again_by_a_rerun(orthanc, tiny_bundle, ray_address, credentials,
+                                                                      tmp_path):
+    """A PACS that drops every result (a Lua filter in Orthanc) leaves rows that say so; a rerun
+    into the same folder once it accepts them delivers them, confirmed, without screening again
+    or duplicating anything; a third run has nothing left to deliver."""
+    day = "20261204"
+    files = upload(orthanc, night_of_studies(9800, 3, study_date=day))
+    args = embed_args(tiny_bundle, tmp_path / "out", ray_address, "--dicomweb", orthanc.dicomweb, "--study-date", day,
+                      "--store-results")
+    orthanc.lua = ONLY_SCANS
+    orthanc.restart()
+    try:
+        assert main(args) == 0
+    finally:
+        orthanc.lua = None
+        orthanc.restart()
+    first = read_results(tmp_path / "out")
+    screened = first["status"] == "ok"
+    # Orthanc 1.10 answers the STOW with success and drops what its filter refuses: only the query back tells
+    assert screened.sum() == 3 and first.loc[screened, "results_stored"].str.startswith("stored, not confirmed").all()
+    assert derived(orthanc, files) == []
+
+    assert main(args) == 0
+    again = read_results(tmp_path / "out")
+    assert list(again.loc[screened, "results_stored"]) == ["confirmed"] * 3
+    assert again.drop(columns="results_stored").equals(first.drop(columns="results_stored"))  # not screened again
+    assert again.loc[~screened, "results_stored"].isna().all()
+    assert derived(orthanc, files) == ["OT"] * 3 + ["SR"] * 3
+    deliveries = sorted((tmp_path / "out" / "deliveries").glob("*.parquet"))
+    assert len(deliveries) == 1
+
+    assert main(args) == 0  # nothing left to deliver: no new delivery, nothing duplicated
+    assert sorted((tmp_path / "out" / "deliveries").glob("*.parquet")) == deliveries
+    assert derived(orthanc, files) == ["OT"] * 3 + ["SR"] * 3
+
+
 def test_wrong_credentials_or_no_pacs_stop_the_job_in_words_before_any_work(orthanc, tiny_bundle, ray_address, monkeypatch,
                                                                            tmp_path, capsys):
     monkeypatch.setenv("CLARE_PACS_USER", USER)

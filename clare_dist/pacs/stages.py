@@ -38,13 +38,18 @@ def instances_table(instances: Sequence[Instance]) -> pd.DataFrame:
     return table.assign(scan_id=table["sop_uid"], path=[i.wado_path for i in instances])
 
 
+def instances_of(columns) -> list[Instance]:
+    """The instances of a batch or table holding the job's INSTANCE_COLUMNS (its saved instance list)."""
+    return [Instance(*(None if v is None or v != v else str(v) for v in values))
+            for values in zip(*(columns[c] for c in INSTANCE_COLUMNS))]
+
+
 def fetch_decode_batch(batch: dict[str, np.ndarray], pacs: Pacs, selection: Selection, config: ScanConfig,
                        keep_source: bool) -> dict[str, np.ndarray]:
     """Stage 1 for a PACS: instances → uint8 scans. `keep_source` carries each retrieved object on
     to the finish stage, where its SR and Secondary Capture are made in its study."""
     n = len(batch["scan_id"])
-    instances = [Instance(*(None if v is None or v != v else str(v) for v in values))
-                 for values in zip(*(batch[c] for c in INSTANCE_COLUMNS))]
+    instances = instances_of(batch)
     scans = np.zeros((n, config.size, config.size), dtype=np.uint8)
     status, kinds, reasons = np.full(n, STATUS_OK, dtype=object), np.full(n, None, dtype=object), np.full(n, None, dtype=object)
     sources = np.full(n, None, dtype=object)
@@ -55,7 +60,7 @@ def fetch_decode_batch(batch: dict[str, np.ndarray], pacs: Pacs, selection: Sele
             status[i], (kinds[i], reasons[i]) = STATUS_SKIPPED, skip
         else:
             wanted.append(i)
-    for i, data in zip(wanted, _retrieve(pacs, [instances[i] for i in wanted], config.max_file_bytes)):
+    for i, data in zip(wanted, retrieve(pacs, [instances[i] for i in wanted], config.max_file_bytes)):
         if isinstance(data, (ScanError, PacsError)):
             status[i], kinds[i], reasons[i] = STATUS_ERROR, data.kind, data.message
             continue
@@ -72,7 +77,7 @@ def fetch_decode_batch(batch: dict[str, np.ndarray], pacs: Pacs, selection: Sele
             "error_reason": reasons, "scan": scans, "source": sources}
 
 
-def _retrieve(pacs: Pacs, instances: list[Instance], max_bytes: int) -> list[bytes | Exception]:
+def retrieve(pacs: Pacs, instances: list[Instance], max_bytes: int) -> list[bytes | Exception]:
     """Each instance's bytes, or its error; a PACS gone (after the retries) is the error of the batch's rest."""
     if isinstance(pacs, DimsePacs):
         try:
