@@ -71,11 +71,10 @@ def explanation_picture(bundle: Bundle, index: CaseIndex | None, screening: Scre
     """The explanation figure (`screening.explanation_of`) as the Secondary Capture's RGB pixels. The
     scan is titled by a neutral label, not its scan id: a file name may hold patient data, and what
     is drawn into pixels cannot be removed from the PACS's copy by any attribute filter."""
-    from clare_dist.encode.dicom_sc import picture_from_png
-    from clare_dist.plots import figure_png  # matplotlib loads only where a picture is drawn
+    from clare_dist.plots import figure_rgb  # matplotlib loads only where a picture is drawn
 
     unnamed = replace(screening, scan_id=PICTURE_LABEL)
-    return picture_from_png(figure_png(explanation_of(bundle, index, unnamed, source, images_root, limits)))
+    return figure_rgb(explanation_of(bundle, index, unnamed, source, images_root, limits))
 
 
 def batch_pictures(bundle: Bundle, index: CaseIndex | None, screenings: Sequence[Screening],

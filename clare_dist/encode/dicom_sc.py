@@ -12,7 +12,7 @@ pixels, so the image says BurnedInAnnotation YES. It is stored as JPEG Baseline,
 compressed colour syntax every viewer decodes, as YBR_FULL_422 (highdicom accepts no other
 photometric interpretation for it). Its UIDs derive from the model version and the source's UIDs: a rerun replaces
 the same instance in the PACS, a new model writes a new one. This module draws nothing and needs
-no matplotlib: it takes the picture as pixels; `picture_from_png` reads `figure_png` output.
+no matplotlib: it takes the picture as pixels (`clare_dist.plots.figure_rgb`).
 """
 
 from __future__ import annotations
@@ -37,17 +37,6 @@ SERIES_NUMBER = 990  # high, so viewers list the explanation after the acquired 
 JPEG_METHOD = "ISO_10918_1"  # Lossy Image Compression Method of JPEG Baseline
 JPEG_QUALITY = 95  # as highdicom encodes: small print stays legible
 _REQUIRED = ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID")
-
-
-def picture_from_png(png: bytes) -> np.ndarray:
-    """The H×W×3 uint8 RGB pixels of PNG bytes (`clare_dist.plots.figure_png` output)."""
-    try:
-        with Image.open(io.BytesIO(png)) as image:
-            if image.format != "PNG":
-                raise ResultEncodingError(f"the picture must be a PNG, got {image.format}")
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, Image.DecompressionBombError) as error:
-        raise ResultEncodingError(f"the picture is not a readable PNG: {error}") from error
 
 
 def explanation_sc(screening: Screening, source: Dataset, picture: np.ndarray, algorithm: Algorithm) -> Dataset:
