@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--latency-samples", type=int, default=40)
     parser.add_argument("--latency-only", action="store_true", help="only the per-instance latencies (no Ray jobs)")
+    parser.add_argument("--jobs", default=None, help="only these jobs, comma-separated (e.g. 'folder,dicomweb --store-results')")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/clare-bench-pacs"))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "pacs.json")
     args = parser.parse_args()
@@ -94,7 +95,10 @@ def run(args: argparse.Namespace) -> None:
         jobs = {}
         if not args.latency_only:
             ray.init(num_cpus=args.cpus, include_dashboard=False)
+        wanted = None if args.jobs is None else {name.strip() for name in args.jobs.split(",")}
         for name, source in [] if args.latency_only else job_sources(args, web, dimse, folder):
+            if wanted is not None and name not in wanted:
+                continue
             seconds, rows = timed_embed(bundle_path, source, args.workdir / "runs" / name)
             jobs[name] = {"seconds": seconds, "instances_per_s": args.instances / seconds,
                           "rows": rows["status"].value_counts().to_dict(),
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"{name:>34}: {seconds:7.1f} s  {args.instances / seconds:6.1f} instances/s  {jobs[name]['rows']}")
         if jobs:
             ray.shutdown()
-            for job in jobs.values():
+            for job in jobs.values() if "folder" in jobs else ():
                 job["vs_folder"] = job["instances_per_s"] / jobs["folder"]["instances_per_s"]
         write_json({"instances": args.instances, "size": args.size, "image_size": args.image_size, "cpus": args.cpus,
                     "upload_s": upload_s, "latency": latency, "jobs": jobs, "machine": machine(),
