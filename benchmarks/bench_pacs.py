@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> None:
             print(f"{name:>34}: {seconds:7.1f} s  {args.instances / seconds:6.1f} instances/s  {jobs[name]['rows']}")
         if jobs:
             ray.shutdown()
-            for job in jobs.values() if "folder" in jobs else ():
+        if "folder" in jobs:
+            for job in jobs.values():
                 job["vs_folder"] = job["instances_per_s"] / jobs["folder"]["instances_per_s"]
         write_json({"instances": args.instances, "size": args.size, "image_size": args.image_size, "cpus": args.cpus,
                     "upload_s": upload_s, "latency": latency, "jobs": jobs, "machine": machine(),

@@ -52,13 +52,11 @@ def redeliver(screenings: Sequence[Screening], instances: Sequence[Instance], pa
               limits: ScanConfig) -> list[str]:
     """Retrieve each instance, store its screening's results in its study and confirm them; per
     instance "confirmed" or why not (a retrieval that fails is that instance's "failed: …")."""
-    outcomes: list[str] = []
-    for screening, data in zip(screenings, retrieve(pacs, list(instances), limits.max_file_bytes), strict=True):
-        if isinstance(data, Exception):
-            outcomes.append(f"failed: {data.kind}: {data.message}")
-        else:
-            outcomes.append(store_results([screening], [data], bundle, index, pacs, limits)[0] or "not made: no source")
-    return outcomes
+    retrieved = retrieve(pacs, list(instances), limits.max_file_bytes)
+    sources = [None if isinstance(data, Exception) else data for data in retrieved]
+    stored = store_results(screenings, sources, bundle, index, pacs, limits)  # the batch's, as the finish stage stores
+    return [f"failed: {data.kind}: {data.message}" if isinstance(data, Exception) else str(outcome)
+            for data, outcome in zip(retrieved, stored, strict=True)]
 
 
 def write_deliveries(out_dir: str | os.PathLike, scan_ids: Sequence[str], outcomes: Sequence[str]) -> Path | None:
