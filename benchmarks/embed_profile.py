@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
-from common import CpuSampler
+from cpu_sampler import CpuSampler
 from embed_job import job_seconds
 
 STAGE_OF_GROUP = (("decode_batch", "decode tasks"), ("RegressBatch", "ORT actors"), ("_finish", "finish + write tasks"),

@@ -12,7 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from common import CpuSampler, summary_ms
+from common import summary_ms
+from cpu_sampler import CpuSampler
 from serve_baseline import STAGES
 
 SERVED_STAGES = ("queue", *STAGES)  # queue: waiting for a scan worker (topology single); nothing in-process
