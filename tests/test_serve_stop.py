@@ -97,16 +97,19 @@ def assert_nothing_left(started: dict[int, tuple[str, float]], port: int, within
     assert port_is_free(port), f"port {port} is still held"
 
 
-def wait_until_working(port: int, requests_expected: int, within_s: float = 60) -> bool:
-    """Whether the API's readiness showed `requests_expected` requests at work or queued before `within_s`."""
+def wait_until_admitted(port: int, answers: list, within_s: float = 60) -> bool:
+    """Whether every request was admitted by the replica before `within_s`: those answered already
+    plus those the API's readiness shows at work or queued. The answered are counted before the
+    readiness is asked, so a request that ends in between is counted in neither, never in both."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
+        answered = sum(a.done() for a in answers)
         answer = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         # With both cores busy, the proxy in front may answer for the replica (a 502/503 page, not
         # JSON) before it answers again: only the replica's own answer counts.
         if answer.headers.get("content-type", "").startswith("application/json"):
             queue = answer.json().get("queue", {})
-            if queue.get("working", 0) + queue.get("waiting", 0) >= requests_expected:
+            if answered + queue.get("working", 0) + queue.get("waiting", 0) >= len(answers):
                 return True
         time.sleep(0.05)
     return False
@@ -136,12 +139,13 @@ def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_
         answers = [pool.submit(plot) for _ in range(IN_FLIGHT)]
         # Every request admitted by the replica first: one still between the proxy and the replica
         # when the app is deleted is not admitted, and the proxy answers it 404 (no such route).
-        working = wait_until_working(port, IN_FLIGHT)
+        admitted = wait_until_admitted(port, answers)
         stopping = time.monotonic()
         process.send_signal(signal.SIGTERM)
         unanswered = sum(not a.done() for a in answers)
         statuses = [a.result() for a in answers]
-    assert working and unanswered > 0, "the requests must still be in flight for this test to mean anything"
+    assert admitted, f"the replica never showed all {IN_FLIGHT} requests admitted: {statuses}"
+    assert unanswered > 0, "every request was answered before SIGTERM: the test would mean nothing"
     assert process.wait(timeout=120) == 0
     stop_s = time.monotonic() - stopping
     assert statuses == [200] * IN_FLIGHT
