@@ -51,6 +51,7 @@ from serve.negotiation import JSON, negotiate
 from serve.pipelines import pipeline_for
 from serve.requests import APIError, authorize, error_body, request_id, scan_bytes, server_timing
 from serve.stages import RegressorSettings
+from serve.stopping import Draining
 
 __all__ = ["SCAN_TYPES", "TOKEN_ENV", "ClareAPI", "api"]
 
@@ -127,14 +128,25 @@ async def _invalid_parameters(request: Request, err: RequestValidationError) -> 
 
 @api.middleware("http")
 async def _count(request: Request, call_next):
-    """Stamp every answer with the model version; count answers by route and status (for Prometheus,
-    through Ray's metrics export)."""
-    try:
-        response = await call_next(request)
-    except Exception:
-        log.exception("request %s failed", request_id(request))
-        response = JSONResponse(error_body(request, "internal", "the server failed on this request; it is logged under its request id"),
-                                status_code=500)
+    """Refuse /v1 requests once the replica is stopping; stamp every answer with the model version;
+    count answers by route and status (for Prometheus, through Ray's metrics export)."""
+    draining: Draining | None = getattr(request.app.state, "draining", None)
+    if draining is not None and draining.stopping and request.url.path.startswith(f"/{API_VERSION}/"):
+        response = JSONResponse(error_body(request, "stopping", "the server is stopping and takes no new requests; retry "
+                                           "on another server, or here once it has been started again"),
+                                status_code=503, headers={"Retry-After": str(draining.retry_after_s)})
+    else:
+        if draining is not None:
+            draining.started()
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("request %s failed", request_id(request))
+            response = JSONResponse(error_body(request, "internal", "the server failed on this request; it is logged under its request id"),
+                                    status_code=500)
+        finally:
+            if draining is not None:
+                draining.finished()
     version = getattr(request.app.state, "model_version", None)
     if version is not None:
         response.headers["x-model-version"] = version
@@ -166,12 +178,13 @@ class ClareAPI:
     def __init__(self, regressor: DeploymentHandle | RegressorSettings, bundle: str, max_body_mb: float,
                  preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
                  images_root: str | None = None, decode_threads: int | None = None, limits: ScanConfig = ScanConfig(),
-                 max_queue_wait_s: float = MAX_QUEUE_WAIT_S) -> None:
+                 max_queue_wait_s: float = MAX_QUEUE_WAIT_S, stop_notice: str | None = None, drain_s: float = 10.0) -> None:
         loaded = load_bundle(bundle)
         self.model_version, self.algorithm, self.limits = loaded.model_version, algorithm_of(loaded), limits
         self.pipeline = pipeline_for(regressor, bundle, preprocessor, lookup, images_root, decode_threads, limits)
         self.admission = Admission(self.pipeline.slots, max_queue_wait_s)
         api.state.admission = self.admission
+        self.draining = api.state.draining = Draining(stop_notice, drain_s)
         self.max_body = int(max_body_mb * 1024 * 1024)
         self.token = os.environ.get(TOKEN_ENV) or None
         api.state.model_version = self.model_version
@@ -200,13 +213,15 @@ class ClareAPI:
              response_model=Readiness,
              responses=answers({"description": "ready, or overloaded: working at capacity and answering 503 to what "
                                                "cannot start within the queue-wait budget"})
-             | {503: {"model": Readiness, "description": "down: a stage did not answer, or answers with another model",
+             | {503: {"model": Readiness, "description": "down: a stage did not answer, or answers with another model; "
+                                                         "stopping: the server takes no new requests",
                       "headers": ANSWER_HEADERS}})
     async def readyz(self, request: Request) -> JSONResponse:
         stages = await self.pipeline.stage_versions()
         ready = all(version == self.model_version for version in stages.values())
         queue = self.admission.state()
-        state = "down" if not ready else "overloaded" if queue.overloaded else "ready"
+        ready = ready and not self.draining.stopping
+        state = "stopping" if self.draining.stopping else "down" if not ready else "overloaded" if queue.overloaded else "ready"
         body = Readiness(ready=ready, state=state, model_version=self.model_version, stages=stages,
                          queue=Queue(slots=queue.slots, working=queue.busy, waiting=queue.queued, budget_s=queue.budget_s,
                                      expected_wait_s=queue.expected_wait_s, service_rate_per_s=queue.service_rate_per_s,

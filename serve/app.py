@@ -84,6 +84,8 @@ class AppArgs(BaseModel):
                                     "within it is answered 503 at once, with Retry-After from the current service rate")
     drain_s: float = Field(DRAIN_S, gt=0, description="seconds a stopping ingress replica lets the requests it admitted finish "
                            "(Serve's graceful_shutdown_timeout_s)")
+    stop_notice: str | None = Field(None, description="the stop notice of the `clare-dist serve` that runs the application (set by "
+                                    "it; serve/stopping.py): the ingress refuses new requests from the stop on")
     max_batch_size: int = Field(16, ge=1, description="largest regressor batch")
     batch_wait_ms: float = Field(0.0, ge=0, description="how long a Regressor deployment's batch waits to fill (0: take what has queued while the last batch ran; "
                                  "scan workers always take what has queued)")
@@ -134,12 +136,13 @@ def build_app(args: dict[str, Any]) -> Application:
     if topology != "chain":
         return stages["ClareAPI"].bind(regressor, settings.bundle, settings.max_body_mb, images_root=settings.images_root,
                                        decode_threads=settings.decode_threads, limits=settings.scan_limits(),
-                                       max_queue_wait_s=settings.max_queue_wait_s)
+                                       max_queue_wait_s=settings.max_queue_wait_s, stop_notice=settings.stop_notice,
+                                       drain_s=settings.drain_s)
     return stages["ClareAPI"].bind(
         regressor, settings.bundle, settings.max_body_mb,
         preprocessor=stages["Preprocessor"].bind(settings.bundle, settings.scan_limits()),
         lookup=stages["CaseLookup"].bind(settings.bundle, settings.images_root),
-        max_queue_wait_s=settings.max_queue_wait_s,
+        max_queue_wait_s=settings.max_queue_wait_s, stop_notice=settings.stop_notice, drain_s=settings.drain_s,
     )
 
 

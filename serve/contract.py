@@ -27,7 +27,7 @@ class ErrorBody(BaseModel):
     """The body of every error answer."""
 
     error: str = Field(description="the reason for programs: unauthorized, bad_multipart, payload_too_large, unsupported_media_type, "
-                       "invalid_parameters, unknown_case, not_found, method_not_allowed, overloaded, or the kind of scan error "
+                       "invalid_parameters, unknown_case, not_found, method_not_allowed, overloaded, stopping, or the kind of scan error "
                        "(empty, truncated, not_an_image, too_many_pixels, bad_dimensions, unsupported, ...)")
     detail: str | list[ParameterProblem] = Field(description="the reason for people; for invalid_parameters, each parameter's problem")
     request_id: str = Field(description="the request's id, also in the x-request-id header")
@@ -107,9 +107,10 @@ class Readiness(BaseModel):
     """Whether every stage answers with the bundle's model version, and whether it is shedding load."""
 
     ready: bool
-    state: Literal["ready", "overloaded", "down"] = Field(description="ready; overloaded: working at capacity and answering "
+    state: Literal["ready", "overloaded", "down", "stopping"] = Field(description="ready; overloaded: working at capacity and answering "
                                                           "503 with Retry-After to what cannot start within the budget (shed in "
-                                                          "the last 10 s, or a request now would wait longer); down: not ready")
+                                                          "the last 10 s, or a request now would wait longer); down: not ready; "
+                                                          "stopping: finishing the requests it holds, refusing new ones")
     model_version: str
     stages: dict[str, str | None] = Field(description="the model version each stage answers with (null: it did not answer)")
     queue: Queue
@@ -136,7 +137,8 @@ ERRORS = {
          "empty, truncated, not an image, too many pixels, ...; or, for a DICOM SR, a scan that is not DICOM (not_dicom), "
          "or a source whose header lacks what the result must carry (cannot_encode)",
     503: "the scan cannot start within the server's queue-wait budget, or a stage's queue is full: retry after "
-         "Retry-After seconds, which the server computes from its current service rate (overloaded)",
+         "Retry-After seconds, which the server computes from its current service rate (overloaded); or the server "
+         "is stopping and takes no new requests (stopping)",
 }
 HEADER = {"schema": {"type": "string"}, "required": True}
 ANSWER_HEADERS = {"x-request-id": HEADER | {"description": "the request's id"},

@@ -5,12 +5,14 @@
   it, instead of Serve failing later with a bind error in an actor's log. Then a watchdog
   (serve/watchdog.py) is started in a session of its own: if the command is killed outright,
   it ends what the command had started.
-- Stop: SIGINT (Ctrl-C) or SIGTERM. The application is deleted first, while Serve's proxy still
-  carries answers back: its ingress replicas stop taking requests and let those they admitted
-  finish, for up to `drain_s` (Serve's graceful_shutdown_timeout_s); then Serve, then the local
-  Ray, then the watchdog checks that nothing is left. Stopping takes at most drain_s plus Serve's and Ray's own teardown, a few seconds here
-  (the stop test measures it). A second signal while stopping is not waited on: Ray is shut
-  down at once.
+- Stop: SIGINT (Ctrl-C) or SIGTERM. The ingress replicas are told first (serve/stopping.py):
+  they answer new requests 503 `stopping` and finish those they hold, for up to `drain_s`.
+  Then the application is deleted, while Serve's proxy still carries answers back (Serve waits
+  up to drain_s again, its graceful_shutdown_timeout_s, for anything still running); then Serve,
+  then the local Ray, then the watchdog checks that nothing is left. Stopping takes drain_s at
+  most, plus Serve's and Ray's own teardown, a few seconds here (the stop test measures it),
+  unless a request outlasts the first drain_s. A second signal while stopping is not waited on:
+  Ray is shut down at once.
 - Joined to a cluster (`--address`), the command stops Serve's application and leaves the
   cluster running: it did not start it.
 """
@@ -116,7 +118,8 @@ def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address:
     from ray import serve
 
     from jobs.cluster import connect
-    from serve.app import APP_NAME, run, serve_environment
+    from serve.app import APP_NAME, DRAIN_S, run, serve_environment
+    from serve.stopping import start_stop_notice
 
     local = not (address or os.environ.get("RAY_ADDRESS"))
     if local:
@@ -127,14 +130,19 @@ def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address:
     try:
         connect(address, num_cpus)
         stop = StopSignal()  # after Ray's start, whose own SIGTERM handler would end the process at once
-        run(app_args, host=host, port=port)
+        notice_name, notice = start_stop_notice()
+        run(app_args | {"stop_notice": notice_name}, host=host, port=port)
         print(f"ready on http://{host}:{port}; Ctrl-C or SIGTERM stops (in-flight requests get up to "
               f"{app_args.get('drain_s')} s)", flush=True)
         stop.wait()
-        # The application first, while the proxy still carries the answers back: its replicas stop
-        # taking requests and finish those they admitted. Shutting Serve down at once would stop
-        # the proxy under them.
-        log.info("draining: the ingress stops taking requests; those admitted get up to %s s", app_args.get("drain_s"))
+        drain_s = app_args.get("drain_s") or DRAIN_S
+        log.info("draining: the ingress answers new requests 503; those it holds get up to %s s", drain_s)
+        drained, replicas = ray.get(notice.stop_and_wait_drained.remote(drain_s))
+        if drained < replicas:
+            log.warning("%d of %d ingress replicas still answering after %s s; Serve gives them up to %s s more",
+                        replicas - drained, replicas, drain_s, drain_s)
+        # The application before Serve, while the proxy still carries the answers back: shutting
+        # Serve down at once would stop the proxy under any request still running.
         serve.delete(APP_NAME)
         serve.shutdown()
     finally:

@@ -1,6 +1,7 @@
-"""`clare-dist serve` stops clean: SIGTERM lets the requests in flight finish, then Serve, the
-local Ray and HAProxy are gone and the port is free; after a SIGKILL of its whole process group
-the watchdog ends what was left (HAProxy) within seconds. And a start on a port that something
+"""`clare-dist serve` stops clean: SIGTERM lets the requests in flight finish while new ones are
+answered 503 `stopping` (and readiness says so), then Serve, the local Ray and HAProxy are gone
+and the port is free; after a SIGKILL of its whole process group the watchdog ends what was
+left (HAProxy) within seconds. And a start on a port that something
 holds names it, with the command that ends it. The process table and the port are checked."""
 
 from __future__ import annotations
@@ -115,6 +116,18 @@ def wait_until_admitted(port: int, answers: list, within_s: float = 60) -> bool:
     return False
 
 
+def wait_until_stopping(port: int, within_s: float = 30) -> dict | None:
+    """The replica's readiness once it says it is stopping (answered 503), or None."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        answer = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        if answer.headers.get("content-type", "").startswith("application/json") and answer.json().get("state") == "stopping":
+            assert answer.status_code == 503
+            return answer.json()
+        time.sleep(0.05)
+    return None
+
+
 def haproxy_expected() -> bool:
     from serve.app import HAPROXY_INGRESS, serve_environment
 
@@ -124,7 +137,7 @@ def haproxy_expected() -> bool:
 @pytest.mark.cluster
 def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_bundle, tmp_path):
     port = free_port()
-    process = start_serve(tiny_bundle, port, tmp_path / "serve.log", "--max-queue-wait-s", "60")
+    process = start_serve(tiny_bundle, port, tmp_path / "serve.log", "--max-queue-wait-s", "60", "--drain-s", "60")
     started = started_by(process)
     names = {name for name, _ in started.values()}
     assert "raylet" in names and "gcs_server" in names
@@ -143,15 +156,24 @@ def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_
         stopping = time.monotonic()
         process.send_signal(signal.SIGTERM)
         unanswered = sum(not a.done() for a in answers)
+        readiness = wait_until_stopping(port)
+        late = requests.post(f"http://127.0.0.1:{port}/v1/predict", data=png, headers={"Content-Type": "image/png"}, timeout=30)
+        still_working = sum(not a.done() for a in answers)
         statuses = [a.result() for a in answers]
     assert admitted, f"the replica never showed all {IN_FLIGHT} requests admitted: {statuses}"
     assert unanswered > 0, "every request was answered before SIGTERM: the test would mean nothing"
+    # While it finishes what it holds, a new request is told the server is stopping, not 404.
+    assert readiness is not None and readiness["ready"] is False, readiness
+    assert still_working > 0, "the late request must arrive while the others are still being answered"
+    assert late.status_code == 503 and late.json()["error"] == "stopping", (late.status_code, late.text[:300])
+    assert int(late.headers["Retry-After"]) >= 1
     assert process.wait(timeout=120) == 0
     stop_s = time.monotonic() - stopping
     assert statuses == [200] * IN_FLIGHT
     assert_nothing_left(started, port, within_s=5)
     log = (tmp_path / "serve.log").read_text()
     assert "SIGTERM: stopping" in log and "stopped: Serve and the local Ray" in log
+    assert "still answering after" not in log, "the replica did not report it had drained"
     print(f"stopped in {stop_s:.1f} s with {unanswered} requests in flight")
 
 
