@@ -39,6 +39,10 @@ class StopNotice:
         self.replicas.add(replica)
         await self.stopping.wait()
 
+    async def watching(self) -> int:
+        """How many replicas have called in (for a look from outside)."""
+        return len(self.replicas)
+
     async def report_drained(self, replica: str) -> None:
         self.drained.add(replica)
 
@@ -71,8 +75,9 @@ class Draining:
         self._notice = None if notice is None else ray.get_actor(notice, namespace=NAMESPACE)
         self._replica = uuid.uuid4().hex
         self._reported = False
+        self.watcher: asyncio.Task | None = None  # the task that waits for the stop
         if self._notice is not None:  # the constructor runs on the replica's event loop
-            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def started(self) -> None:
         self.in_progress += 1
@@ -84,8 +89,10 @@ class Draining:
     async def _watch(self) -> None:
         try:
             await self._notice.wait_for_stop.remote(self._replica)
-        except ray.exceptions.RayActorError:
-            log.warning("the stop notice of clare-dist serve is gone (the command ended): this replica stops taking requests")
+        except ray.exceptions.RayActorError:  # its command was killed: stopping the application is for whoever ends it now
+            log.warning("the stop notice of clare-dist serve is gone (the command ended without stopping the application); "
+                        "this replica goes on answering until the application is deleted")
+            return
         self.stopping = True
         log.info("stopping: new requests are answered 503; %d still being answered", self.in_progress)
         self._report_if_drained()
