@@ -87,7 +87,9 @@ def test_a_malformed_uid_never_reaches_a_url():
 
 def test_the_listener_reads_the_apis_answer_back_into_the_same_screening():
     """`listen --serve-url`: the API's JSON (made by the API's own encoder) becomes the Screening the
-    in-process path makes, so the SR does not depend on where the model ran; a 4xx is that scan's failure."""
+    in-process path makes, so the SR does not depend on where the model ran; the scan's own refusal
+    (422) is that scan's failure; a wrong token, another model, another server or an API that is
+    stopping keep the instance waiting, in words (tests/test_serve.py runs it on the real API)."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,7 +103,11 @@ def test_the_listener_reads_the_apis_answer_back_into_the_same_screening():
                          explanation="because", similar_cases=[SimilarCase("c1", "Pl", 0.02)], ood_score=0.5,
                          needs_review=False)
     answers = {"/good/v1/predict": (200, api_answer(screened, "r1")),
-               "/bad/v1/predict": (422, {"error": "truncated", "detail": "the scan is cut short", "request_id": "r2"})}
+               "/bad/v1/predict": (422, {"error": "truncated", "detail": "the scan is cut short", "request_id": "r2"}),
+               "/token/v1/predict": (401, {"error": "unauthorized", "detail": "a bearer token is required"}),
+               "/stopping/v1/predict": (503, {"error": "stopping", "detail": "the server is stopping"}),
+               "/other/v1/predict": (200, ["not", "the", "api"]),
+               "/partial/v1/predict": (200, {"model_version": "m-1", "decision": "Pl"})}
 
     class API(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - the handler name http.server calls
@@ -109,6 +115,8 @@ def test_the_listener_reads_the_apis_answer_back_into_the_same_screening():
             code, body = answers[self.path]
             data = json.dumps(body).encode()
             self.send_response(code)
+            if code == 503:
+                self.send_header("Retry-After", "10")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -124,6 +132,16 @@ def test_the_listener_reads_the_apis_answer_back_into_the_same_screening():
         assert screen_on_api(f"{url}/good", b"dicom", "1.2.3", "m-1") == screened
         failed = screen_on_api(f"{url}/bad", b"dicom", "1.2.3", "m-1")
         assert (failed.status, failed.error_kind, failed.error_reason) == ("error", "truncated", "the scan is cut short")
+        waits = {}
+        for case, model in (("good", "m-2"), ("token", "m-1"), ("stopping", "m-1"), ("other", "m-1"), ("partial", "m-1")):
+            with pytest.raises(PacsError) as waiting:
+                screen_on_api(f"{url}/{case}", b"dicom", "1.2.3", model)
+            waits[case] = (waiting.value.kind, waiting.value.message)
+        assert waits["good"][0] == "pacs_refused" and "runs model m-1, the listener's bundle is m-2" in waits["good"][1]
+        assert waits["token"][0] == "pacs_auth" and "HTTP 401 (unauthorized" in waits["token"][1]
+        assert waits["stopping"][0] == "pacs_failed" and "(stopping: the server is stopping, Retry-After 10 s)" in waits["stopping"][1]
+        assert waits["other"][0] == "pacs_bad_answer" and "is --serve-url a clare-dist serve?" in waits["other"][1]
+        assert waits["partial"][0] == "pacs_bad_answer" and "without a screening" in waits["partial"][1]
     finally:
         server.shutdown()
         server.server_close()

@@ -166,6 +166,26 @@ def test_batch_row_predict_json_and_api_answer_are_equal_field_by_field(app_url,
         assert_fields_equal(predicted, batch, answer)
 
 
+def test_the_listeners_api_client_reads_the_answer_into_the_batch_screening(app_url, indexed_tiny_bundle, batch_screenings,
+                                                                          monkeypatch):
+    """`listen --serve-url` on the real API: the DICOM scan's screening read back from the answer
+    is the batch row's; without the token, or for another bundle, the instance waits, in words."""
+    from clare_dist.pacs.errors import PacsError
+    from clare_dist.pacs.serve_client import ENV_API_TOKEN, screen_on_api
+
+    (path, batch), = [(p, b) for p, b in batch_screenings.items() if p.endswith(".dcm")]
+    version = load_bundle(indexed_tiny_bundle).model_version
+    monkeypatch.setenv(ENV_API_TOKEN, TOKEN)
+    screened = screen_on_api(app_url, Path(path).read_bytes(), batch.scan_id, version)
+    assert_fields_equal(screened, batch)
+    with pytest.raises(PacsError, match=f"runs model {version}, the listener's bundle is other"):
+        screen_on_api(app_url, Path(path).read_bytes(), batch.scan_id, "other")
+    monkeypatch.delenv(ENV_API_TOKEN)
+    with pytest.raises(PacsError) as refused:
+        screen_on_api(app_url, Path(path).read_bytes(), batch.scan_id, version)
+    assert refused.value.kind == "pacs_auth"
+
+
 def assert_fields_equal(predicted, batch, answer=None) -> None:
     """Every field of the Screening equal (floats as stored in float32), and the answer's too."""
     import dataclasses

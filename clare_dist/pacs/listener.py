@@ -144,9 +144,9 @@ class Listener:
                 return
             try:
                 self._process(*item)
-            except PacsError as err:  # the sink is down: the results wait in the spool and are tried again
-                log.warning("results of one instance not stored yet (%s); retrying in %.0f s", err.kind, self.config.retry_s)
-                self.log.mark(item[0], SCREENED, f"waiting for the sink: {err.kind}")
+            except PacsError as err:  # the sink (or the screening API) cannot be used now: the instance waits in the spool
+                log.warning("one instance not done yet (%s: %s); retrying in %.0f s", err.kind, err.message, self.config.retry_s)
+                self.log.note(item[0], f"waiting: {err.kind}: {err.message}")
                 threading.Timer(self.config.retry_s, self._queue.put, (item,)).start()
             except Exception:  # noqa: BLE001 - one instance never stops the listener; its row says so
                 log.exception("an instance could not be processed")

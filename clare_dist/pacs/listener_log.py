@@ -47,6 +47,11 @@ class ListenerLog:
             self._db.execute("UPDATE instances SET state=?, detail=?, decision=COALESCE(?, decision), updated_at=? "
                              "WHERE sop_uid=?", (state, detail, decision, _now(), sop_uid))
 
+    def note(self, sop_uid: str, detail: str) -> None:
+        """Why an instance waits, its state unchanged (received: not screened yet; screened: results not stored)."""
+        with self._lock:
+            self._db.execute("UPDATE instances SET detail=?, updated_at=? WHERE sop_uid=?", (detail, _now(), sop_uid))
+
     def pending(self) -> list[tuple[str, str]]:
         """(sop_uid, file) of every instance not in a final state, oldest first."""
         with self._lock:
