@@ -111,6 +111,17 @@ class StopSignal:
             continue
 
 
+def running_ingress_replicas() -> int:
+    """How many replicas of the ingress Serve has running."""
+    from ray import serve
+
+    from serve.app import APP_NAME
+
+    application = serve.status().applications.get(APP_NAME)
+    deployment = application.deployments.get("ClareAPI") if application is not None else None
+    return 0 if deployment is None else deployment.replica_states.get("RUNNING", 0)
+
+
 def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address: str | None, num_cpus: int | None) -> None:
     """Start the API (a local Ray unless `address` or RAY_ADDRESS names a cluster), answer until
     SIGINT or SIGTERM, then stop everything this process started."""
@@ -119,7 +130,7 @@ def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address:
 
     from jobs.cluster import connect
     from serve.app import APP_NAME, DRAIN_S, run, serve_environment
-    from serve.stopping import start_stop_notice
+    from serve.stopping import start_stop_notice, stop_and_wait_drained
 
     local = not (address or os.environ.get("RAY_ADDRESS"))
     if local:
@@ -137,7 +148,7 @@ def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address:
         stop.wait()
         drain_s = app_args.get("drain_s") or DRAIN_S
         log.info("draining: the ingress answers new requests 503; those it holds get up to %s s", drain_s)
-        drained, replicas = ray.get(notice.stop_and_wait_drained.remote(drain_s))
+        drained, replicas = stop_and_wait_drained(notice, running_ingress_replicas, drain_s)
         if drained < replicas:
             log.warning("%d of %d ingress replicas still answering after %s s; Serve gives them up to %s s more",
                         replicas - drained, replicas, drain_s, drain_s)

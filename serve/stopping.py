@@ -5,8 +5,8 @@ that is answered 404 (no such route), which reads to a client as a wrong URL, no
 going away. So `clare-dist serve`, on SIGINT or SIGTERM, first sets a stop notice (a small
 actor it owns). Each ingress replica then answers new /v1 requests 503 `stopping` with
 Retry-After and its readiness 503 (state `stopping`), lets the requests it holds finish, and
-reports once it has none left; the command deletes the application when every replica has
-reported, or after the drain time. Serve has no broadcast to replicas, so each replica keeps
+reports once it has none left; the command deletes the application when as many have reported
+as Serve has ingress replicas running, or after the drain time. Serve has no broadcast to replicas, so each replica keeps
 one call to the notice open from its start, and the notice answers them all at once.
 """
 
@@ -17,13 +17,14 @@ import logging
 import math
 import time
 import uuid
+from typing import Callable
 
 import ray
 
 log = logging.getLogger("ray.serve")
 
 NAMESPACE = "clare-dist"
-DRAINED_POLL_S = 0.05
+DRAINED_POLL_S = 0.1
 
 
 @ray.remote(num_cpus=0)
@@ -32,33 +33,38 @@ class StopNotice:
 
     def __init__(self) -> None:
         self.stopping = asyncio.Event()
-        self.replicas: set[str] = set()
         self.drained: set[str] = set()
 
-    async def wait_for_stop(self, replica: str) -> None:
-        self.replicas.add(replica)
+    async def wait_for_stop(self) -> None:
         await self.stopping.wait()
 
-    async def watching(self) -> int:
-        """How many replicas have called in (for a look from outside)."""
-        return len(self.replicas)
+    async def stop(self) -> None:
+        self.stopping.set()
 
     async def report_drained(self, replica: str) -> None:
         self.drained.add(replica)
 
-    async def stop_and_wait_drained(self, timeout_s: float) -> tuple[int, int]:
-        """Tell every replica; return (drained, replicas) once all have drained or after `timeout_s`."""
-        self.stopping.set()
-        deadline = time.monotonic() + timeout_s
-        while not self.replicas <= self.drained and time.monotonic() < deadline:
-            await asyncio.sleep(DRAINED_POLL_S)
-        return len(self.replicas & self.drained), len(self.replicas)
+    async def drained_count(self) -> int:
+        return len(self.drained)
 
 
 def start_stop_notice() -> tuple[str, ray.actor.ActorHandle]:
     """A stop notice under a name of its own (two commands joined to one cluster do not share one)."""
     name = f"clare-dist-stop-{uuid.uuid4().hex[:12]}"
     return name, StopNotice.options(name=name, namespace=NAMESPACE).remote()
+
+
+def stop_and_wait_drained(notice: ray.actor.ActorHandle, replicas: Callable[[], int], timeout_s: float) -> tuple[int, int]:
+    """Tell every replica; return (drained, running) once as many have drained as `replicas()`
+    says are running (Serve's count: a replica scaled down or replaced meanwhile is not waited
+    for), or after `timeout_s`."""
+    ray.get(notice.stop.remote())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        drained, running = ray.get(notice.drained_count.remote()), replicas()
+        if drained >= running or time.monotonic() >= deadline:
+            return drained, running
+        time.sleep(DRAINED_POLL_S)
 
 
 class Draining:
@@ -88,7 +94,7 @@ class Draining:
 
     async def _watch(self) -> None:
         try:
-            await self._notice.wait_for_stop.remote(self._replica)
+            await self._notice.wait_for_stop.remote()
         except ray.exceptions.RayActorError:  # its command was killed: stopping the application is for whoever ends it now
             log.warning("the stop notice of clare-dist serve is gone (the command ended without stopping the application); "
                         "this replica goes on answering until the application is deleted")
