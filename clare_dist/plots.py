@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from clare_dist.labels import CLASSES, COMBINATION_INDEX, NO_FINDING
@@ -28,6 +29,7 @@ from clare_dist.rules import References, layout_check, self_inconsistent
 if TYPE_CHECKING:
     from clare_dist.result import Screening
 
+TITLE_PAD_PT = 6.0  # matplotlib's axes title pad: a thumbnail's title sits as far above it
 # One colour per single class and No Finding; multi-label references are black crosses.
 REFERENCE_COLOURS: dict[str, str] = {
     NO_FINDING: "#2ca02c",
@@ -40,12 +42,17 @@ REFERENCE_COLOURS: dict[str, str] = {
 
 
 def draw_reference_space(ax: Axes, references: References, highlight: str | None = None) -> None:
-    """Draw the 26 references on `ax`: coloured dots for No Finding and single classes."""
+    """Draw the 26 references on `ax`: coloured dots for No Finding and single classes (one scatter
+    each, for the legend), the multi-label ones as black crosses in one scatter."""
+    crosses = []
     for name, (x, y) in zip(references.names, references.coords):
         if name in REFERENCE_COLOURS:
             ax.scatter([x], [y], s=70, color=REFERENCE_COLOURS[name], edgecolor="black", zorder=3, label=name)
         else:
-            ax.scatter([x], [y], s=30, marker="x", color="black", zorder=3)
+            crosses.append((x, y))
+    if crosses:
+        ax.scatter(*np.asarray(crosses).T, s=30, marker="x", color="black", zorder=3)
+    for name, (x, y) in zip(references.names, references.coords):
         colour = "red" if name == highlight else "black"
         ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7, color=colour, zorder=4)
     ax.set_xlabel("x")
@@ -255,19 +262,11 @@ def explanation_figure(
     ax.set_title("Reference space: the scan (red +), the decision ringed", fontsize=10)
 
     note = screening.similar_note or ("" if case_images else "no similar cases")
+    panel = fig.add_subplot(grid[-1])
+    panel.set_axis_off()
     if case_images:
-        cells = grid[-1].subgridspec(3, 3, wspace=0.05, hspace=0.3)
-        for i in range(9):
-            cell = fig.add_subplot(cells[i // 3, i % 3])
-            if i >= len(case_images):
-                cell.set_axis_off()
-                continue
-            case_id, combination, distance, image = case_images[i]
-            _thumbnail(cell, image)
-            cell.set_title(f"{case_id}\n{combination}   d = {distance:.3f}", fontsize=7.5)
+        _case_thumbnails(panel, grid[-1].subgridspec(3, 3, wspace=0.05, hspace=0.3), case_images[:9])
     else:
-        panel = fig.add_subplot(grid[-1])
-        panel.set_axis_off()
         panel.text(0.5, 0.5, textwrap.fill(note, 50), ha="center", va="center", fontsize=10, transform=panel.transAxes)
     heading = f"Similar known cases with {screening.combination}, nearest first"
     if note and case_images:
@@ -287,6 +286,34 @@ def explanation_figure(
     fig.text(0.035, 0.025, f"{intended_use.capitalize()}.   Model version {screening.model_version}.",
              fontsize=7.5, color="dimgrey")
     return fig
+
+
+def _case_thumbnails(panel: Axes, cells, case_images: Sequence[tuple[str, str, float, np.ndarray | None]]) -> None:
+    """The similar cases drawn in one axes, each thumbnail framed in its cell of `cells` (a 3×3
+    grid) as an axes of its own would frame it: an axes costs ~10 ms to make, most of a
+    Secondary Capture's drawing time once there are nine."""
+    fig = panel.figure
+    box = panel.get_position()
+    panel.set_xlim(box.x0, box.x1)  # the panel's data coordinates are the figure's
+    panel.set_ylim(box.y0, box.y1)
+    width_in, height_in = fig.get_size_inches()
+    title_pad = TITLE_PAD_PT / 72 / height_in
+    for i, (case_id, combination, distance, image) in enumerate(case_images):
+        cell = cells[i // 3, i % 3].get_position(fig)
+        shown = np.full((1, 1), 0.85) if image is None else image
+        rows, cols = shown.shape[:2]
+        scale = min(cell.width * width_in / cols, cell.height * height_in / rows)  # inches a pixel, aspect kept
+        w, h = cols * scale / width_in, rows * scale / height_in
+        x0, y0 = cell.x0 + (cell.width - w) / 2, cell.y0 + (cell.height - h) / 2
+        extent = (x0, x0 + w, y0, y0 + h)
+        if image is None:
+            panel.imshow(shown, cmap="gray", vmin=0, vmax=1, extent=extent, aspect="auto")
+            panel.text(x0 + w / 2, y0 + h / 2, "image not found", ha="center", va="center", fontsize=9)
+        else:
+            panel.imshow(image, cmap="gray", vmin=0, vmax=255, extent=extent, aspect="auto")
+        panel.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor="black", linewidth=0.8, zorder=3, clip_on=False))
+        panel.text(x0 + w / 2, y0 + h + title_pad, f"{case_id}\n{combination}   d = {distance:.3f}", ha="center",
+                   va="bottom", fontsize=7.5)
 
 
 def _thumbnail(ax: Axes, image: np.ndarray | None) -> None:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 import pydicom
 import pytest
 from PIL import Image, JpegImagePlugin
@@ -191,3 +192,31 @@ def test_no_scan_id_and_nothing_else_of_the_patient_is_in_the_sc(sources, screen
     patient = {element.keyword for element in back if element.tag.group == 0x0010}
     assert patient == {"PatientName", "PatientID", "PatientBirthDate", "PatientSex"}
     assert "PatientAge" in source and "PatientAge" not in back  # the source has more; none of it came
+
+
+def test_the_picture_shows_each_similar_case_framed_and_titled_and_a_missing_one_as_missing(screening):
+    """Each case's thumbnail lands in the picture whole (its own pixels, aspect kept, framed), under
+    its id, combination and distance; a moved file is a grey square saying so."""
+    grid = {name: (i % 6 / 5, i // 6 / 4) for i, name in enumerate(COMBINATIONS)}
+    shades = [110 + 15 * i for i in range(8)]
+    cases = [(f"case-{i}", screening.combination, 0.01 * (i + 1), np.full((40, 80 if i == 3 else 40), shade, np.uint8))
+             for i, shade in enumerate(shades)] + [("case-moved", screening.combination, 0.09, None)]
+    fig = explanation_figure(screening, References.from_mapping(grid), cases, INTENDED_USE)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    for case_id, combination, distance, _ in cases:
+        assert f"{case_id}\n{combination}   d = {distance:.3f}" in texts
+    assert "image not found" in texts
+    picture = figure_rgb(fig)
+    for i, shade in enumerate(shades):
+        # the grey colormap's 256 steps move a shade by up to one; antialiased text and frames have
+        # pixels of any grey, but not in one block
+        mask = (np.abs(picture.astype(np.int16) - shade) <= 1).all(axis=2)
+        regions, _ = ndimage.label(mask)
+        largest = np.bincount(regions.ravel())[1:].argmax() + 1  # the thumbnail, not a frame's blended edge
+        rows, cols = np.nonzero(regions == largest)
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height > 60 and abs(width / height - (2 if i == 3 else 1)) < 0.05, (shade, height, width)
+        framed_row = picture[rows.min() - 1, cols.min():cols.max() + 1]
+        assert (framed_row < 200).all(), "a thumbnail's frame is drawn all round (the page is white)"
+        below = picture[rows.max() + 1, cols.min():cols.max() + 1]
+        assert (below < 200).all(), "a thumbnail's frame is drawn all round (the page is white)"
