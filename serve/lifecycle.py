@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from clare_dist.errors import ClareError
 log = logging.getLogger(__name__)
 
 WATCHDOG = Path(__file__).with_name("watchdog.py")
+ROUTED_IN_A_ROW, ROUTED_WITHIN_S = 25, 60.0  # readiness answers running before "ready", and how long to try
 WATCHDOG_EXIT_S = 15.0  # its grace period and SIGTERM-to-SIGKILL wait, with room
 # An ingress replica behind HAProxy stays up this long after it is told to stop, so that an
 # external load balancer can take it out of rotation (30 s by default). Locally no balancer is
@@ -111,6 +113,29 @@ class StopSignal:
             continue
 
 
+def wait_until_routed(host: str, port: int, in_a_row: int = ROUTED_IN_A_ROW, within_s: float = ROUTED_WITHIN_S) -> None:
+    """Return once the API's own readiness has answered `in_a_row` times running on the port.
+    Serve reports the application ready while its HTTP ingress may still answer some requests
+    404 (no route yet: seen with HAProxy on a loaded 2-core machine), so "ready" is printed only
+    once requests reach the application."""
+    import requests
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    deadline, answered = time.monotonic() + within_s, 0
+    while answered < in_a_row:
+        if time.monotonic() > deadline:
+            log.warning("the API did not answer its readiness %d times running within %.0f s; requests may be "
+                        "answered 404 (no route) for a while", in_a_row, within_s)
+            return
+        try:
+            answer = requests.get(f"http://{target}:{port}/readyz", timeout=5)
+            routed = answer.status_code == 200 and answer.headers.get("content-type", "").startswith("application/json")
+        except requests.RequestException:
+            routed = False
+        answered = answered + 1 if routed else 0
+        time.sleep(0.02)
+
+
 def running_ingress_replicas() -> int:
     """How many replicas of the ingress Serve has running."""
     from ray import serve
@@ -143,12 +168,14 @@ def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address:
         stop = StopSignal()  # after Ray's start, whose own SIGTERM handler would end the process at once
         notice_name, notice = start_stop_notice()
         run(app_args | {"stop_notice": notice_name}, host=host, port=port)
+        wait_until_routed(host, port)
         print(f"ready on http://{host}:{port}; Ctrl-C or SIGTERM stops (in-flight requests get up to "
               f"{app_args.get('drain_s')} s)", flush=True)
         stop.wait()
         drain_s = app_args.get("drain_s") or DRAIN_S
         log.info("draining: the ingress answers new requests 503; those it holds get up to %s s", drain_s)
         drained, replicas = stop_and_wait_drained(notice, running_ingress_replicas, drain_s)
+        log.info("drained: %d of %d ingress replicas", drained, replicas)
         if drained < replicas:
             log.warning("%d of %d ingress replicas still answering after %s s; Serve gives them up to %s s more",
                         replicas - drained, replicas, drain_s, drain_s)
