@@ -300,17 +300,14 @@ def _case_thumbnails(panel: Axes, cells, case_images: Sequence[tuple[str, str, f
     title_pad = TITLE_PAD_PT / 72 / height_in
     for i, (case_id, combination, distance, image) in enumerate(case_images):
         cell = cells[i // 3, i % 3].get_position(fig)
-        shown = np.full((1, 1), 0.85) if image is None else image
+        shown = np.full((1, 1), 217, np.uint8) if image is None else image  # a missing image: a light grey square
         rows, cols = shown.shape[:2]
         scale = min(cell.width * width_in / cols, cell.height * height_in / rows)  # inches a pixel, aspect kept
         w, h = cols * scale / width_in, rows * scale / height_in
         x0, y0 = cell.x0 + (cell.width - w) / 2, cell.y0 + (cell.height - h) / 2
-        extent = (x0, x0 + w, y0, y0 + h)
+        panel.imshow(shown, cmap="gray", vmin=0, vmax=255, extent=(x0, x0 + w, y0, y0 + h), aspect="auto")
         if image is None:
-            panel.imshow(shown, cmap="gray", vmin=0, vmax=1, extent=extent, aspect="auto")
             panel.text(x0 + w / 2, y0 + h / 2, "image not found", ha="center", va="center", fontsize=9)
-        else:
-            panel.imshow(image, cmap="gray", vmin=0, vmax=255, extent=extent, aspect="auto")
         panel.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor="black", linewidth=0.8, zorder=3, clip_on=False))
         panel.text(x0 + w / 2, y0 + h + title_pad, f"{case_id}\n{combination}   d = {distance:.3f}", ha="center",
                    va="bottom", fontsize=7.5)

@@ -51,7 +51,7 @@ from serve.negotiation import JSON, negotiate
 from serve.pipelines import pipeline_for
 from serve.requests import APIError, authorize, error_body, request_id, scan_bytes, server_timing
 from serve.stages import RegressorSettings
-from serve.stopping import Draining
+from serve.stopping import DRAIN_S, Draining
 
 __all__ = ["SCAN_TYPES", "TOKEN_ENV", "ClareAPI", "api"]
 
@@ -178,7 +178,7 @@ class ClareAPI:
     def __init__(self, regressor: DeploymentHandle | RegressorSettings, bundle: str, max_body_mb: float,
                  preprocessor: DeploymentHandle | None = None, lookup: DeploymentHandle | None = None,
                  images_root: str | None = None, decode_threads: int | None = None, limits: ScanConfig = ScanConfig(),
-                 max_queue_wait_s: float = MAX_QUEUE_WAIT_S, stop_notice: str | None = None, drain_s: float = 10.0) -> None:
+                 max_queue_wait_s: float = MAX_QUEUE_WAIT_S, stop_notice: str | None = None, drain_s: float = DRAIN_S) -> None:
         loaded = load_bundle(bundle)
         self.model_version, self.algorithm, self.limits = loaded.model_version, algorithm_of(loaded), limits
         self.pipeline = pipeline_for(regressor, bundle, preprocessor, lookup, images_root, decode_threads, limits)

@@ -33,6 +33,7 @@ from ray.serve import Application
 from clare_dist.scans import ScanConfig
 from serve.api import MAX_QUEUE_WAIT_S, ClareAPI
 from serve.stages import CaseLookup, Preprocessor, Regressor, RegressorSettings
+from serve.stopping import DRAIN_S
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,6 @@ INGRESS_CPUS = {"single": 1.5, "ingress": 1.0, "chain": ClareAPI.ray_actor_optio
 # nodes (the RayService sets them too).
 THROUGHPUT_OPTIMIZED = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 HAPROXY_INGRESS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "SERVE_SOCKET_REUSE_PORT_ENABLED": "1"}
-# How long a stopping ingress replica lets the requests it admitted finish: at most the queue-wait
-# budget waiting plus their work, with room for a figure (/v1/predict/plot).
-DRAIN_S = 10.0
 
 
 def serve_environment() -> dict[str, str]:

@@ -154,8 +154,8 @@ def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address:
     from ray import serve
 
     from jobs.cluster import connect
-    from serve.app import APP_NAME, DRAIN_S, run, serve_environment
-    from serve.stopping import start_stop_notice, stop_and_wait_drained
+    from serve.app import APP_NAME, run, serve_environment
+    from serve.stopping import DRAIN_S, start_stop_notice, stop_and_wait_drained
 
     local = not (address or os.environ.get("RAY_ADDRESS"))
     if local:
@@ -169,10 +169,9 @@ def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address:
         notice_name, notice = start_stop_notice()
         run(app_args | {"stop_notice": notice_name}, host=host, port=port)
         wait_until_routed(host, port)
-        print(f"ready on http://{host}:{port}; Ctrl-C or SIGTERM stops (in-flight requests get up to "
-              f"{app_args.get('drain_s')} s)", flush=True)
-        stop.wait()
         drain_s = app_args.get("drain_s") or DRAIN_S
+        print(f"ready on http://{host}:{port}; Ctrl-C or SIGTERM stops (in-flight requests get up to {drain_s} s)", flush=True)
+        stop.wait()
         log.info("draining: the ingress answers new requests 503; those it holds get up to %s s", drain_s)
         drained, replicas = stop_and_wait_drained(notice, running_ingress_replicas, drain_s)
         log.info("drained: %d of %d ingress replicas", drained, replicas)

@@ -24,6 +24,9 @@ import ray
 log = logging.getLogger("ray.serve")
 
 NAMESPACE = "clare-dist"
+# How long a stopping ingress replica lets the requests it admitted finish: at most the queue-wait
+# budget waiting plus their work, with room for a figure (/v1/predict/plot).
+DRAIN_S = 10.0
 DRAINED_POLL_S = 0.1
 
 
