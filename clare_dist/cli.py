@@ -35,6 +35,7 @@ log = logging.getLogger("clare_dist")
 # Failures a person can fix from the message alone: printed without a traceback, exit code 2. A path
 # the person named that is not there is one too; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ClareError, FileNotFoundError, NotADirectoryError)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -344,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     func: Callable[[argparse.Namespace], int] = args.func

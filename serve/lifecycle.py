@@ -1,5 +1,8 @@
 """`clare-dist serve` from start to stop: nothing it started is left running afterwards.
 
+- Where it starts a local Ray, the server is a child in a session of its own, the command
+  relaying SIGINT and SIGTERM to it (serve/server_session.py): a SIGTERM to the command's whole
+  process group would otherwise end Ray's GCS with it, before anything could drain.
 - Start: where it starts a local Ray, it first looks at its port. A process already listening
   there (most often the HAProxy of a run that was killed) is named with the command that ends
   it, instead of Serve failing later with a bind error in an actor's log. Then a watchdog
@@ -32,6 +35,7 @@ from typing import Any
 import psutil
 
 from clare_dist.errors import ClareError
+from serve import server_session
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +151,11 @@ def running_ingress_replicas() -> int:
     return 0 if deployment is None else deployment.replica_states.get("RUNNING", 0)
 
 
-def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address: str | None, num_cpus: int | None) -> None:
+def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address: str | None, num_cpus: int | None,
+                        own_session: bool = True) -> None:
     """Start the API (a local Ray unless `address` or RAY_ADDRESS names a cluster), answer until
-    SIGINT or SIGTERM, then stop everything this process started."""
+    SIGINT or SIGTERM, then stop everything this process started. With a local Ray, and
+    `own_session`, the server is a child in a session of its own (serve/server_session.py)."""
     import ray
     from ray import serve
 
@@ -160,6 +166,10 @@ def serve_until_stopped(app_args: dict[str, Any], host: str, port: int, address:
     local = not (address or os.environ.get("RAY_ADDRESS"))
     if local:
         check_port_free(host, port)
+        if own_session and server_session.available():
+            server_session.run_server({"app_args": app_args, "host": host, "port": port, "address": None,
+                                       "num_cpus": num_cpus})
+            return
         for name, value in (serve_environment() | LOCAL_DRAINING).items():  # for the local Ray started below
             os.environ.setdefault(name, value)
     watchdog = Watchdog(port) if local else None

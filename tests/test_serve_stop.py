@@ -1,8 +1,9 @@
-"""`clare-dist serve` stops clean: SIGTERM lets the requests in flight finish while new ones are
-answered 503 `stopping` (and readiness says so), then Serve, the local Ray and HAProxy are gone
-and the port is free; after a SIGKILL of its whole process group the watchdog ends what was
-left (HAProxy) within seconds. And a start on a port that something
-holds names it, with the command that ends it. The process table and the port are checked."""
+"""`clare-dist serve` stops clean: SIGTERM, even to its whole process group, lets the requests in
+flight finish while new ones are answered 503 `stopping` (and readiness says so), then Serve,
+the local Ray and HAProxy are gone and the port is free; after a SIGKILL of its whole process
+group the server (in a session of its own) stops with it, and the watchdog ends what was left
+(HAProxy) within seconds. And a start on a port that something holds names it, with the command
+that ends it. The process table and the port are checked."""
 
 from __future__ import annotations
 
@@ -79,6 +80,13 @@ def started_by(process: subprocess.Popen) -> dict[int, tuple[str, float]]:
     return found
 
 
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def still_running(started: dict[int, tuple[str, float]]) -> list[str]:
     alive = []
     for pid, (name, created) in started.items():
@@ -142,6 +150,8 @@ def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_
     started = started_by(process)
     names = {name for name, _ in started.values()}
     assert "raylet" in names and "gcs_server" in names
+    outside = {name for pid, (name, _) in started.items() if _process_group(pid) != process.pid}
+    assert {"raylet", "gcs_server"} <= outside, "Ray's daemons must not share the command's process group"
     assert ("haproxy" in names) == haproxy_expected()
     png = png_bytes(Image.fromarray(gradient(1024, 1024)))
 
@@ -156,7 +166,9 @@ def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_
         # when the app is deleted is not admitted, and the proxy answers it 404 (no such route).
         admitted = wait_until_admitted(port, answers)
         stopping = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        # To the whole process group, as `timeout`, `kill -- -PGID` and supervisord send it: it
+        # must reach the command alone, not the GCS of its local Ray (serve/server_session.py).
+        os.killpg(process.pid, signal.SIGTERM)
         unanswered = sum(not a.done() for a in answers)
         readiness = wait_until_stopping(port)
         late = requests.post(f"http://127.0.0.1:{port}/v1/predict", data=png, headers={"Content-Type": "image/png"}, timeout=30)
@@ -201,3 +213,19 @@ def test_a_taken_port_is_named_with_the_command_that_ends_its_holder(tiny_bundle
     assert f"port {port} is in use by " in err and f"(pid {os.getpid()})" in err
     assert f"end it with `kill {os.getpid()}`" in err and "Traceback" not in err
 
+
+
+def test_a_server_that_fails_is_reported_not_taken_for_a_clean_stop():
+    from serve import server_session
+
+    with pytest.raises(server_session.ServerExitedError, match=r"ended with status 1; its messages are above"):
+        server_session.run_server({"not_a_setting": 1})
+
+
+def test_a_server_whose_command_has_already_ended_does_not_start():
+    """The parent-death signal is asked for after the server has started: if the command was gone
+    by then, nothing would ever stop the server, so it does not go on."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    gone = subprocess.run([sys.executable, "-m", "serve.server_session", "1", "{}"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert gone.returncode == 1 and "the command ended before its server started" in gone.stderr
