@@ -1,7 +1,7 @@
 """`clare-dist serve` stops clean: SIGTERM, even to its whole process group, lets the requests in
 flight finish while new ones are answered 503 `stopping` (and readiness says so), then Serve,
 the local Ray and HAProxy are gone and the port is free; after a SIGKILL of its whole process
-group the server (in a session of its own) stops with it, and the watchdog ends what was left
+group the server (in a session of its own) stops by itself, and the watchdog ends what was left
 (HAProxy) within seconds. And a start on a port that something holds names it, with the command
 that ends it. The process table and the port are checked."""
 
@@ -44,6 +44,18 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+@pytest.fixture
+def servers():
+    """The commands a test started; any still running at its end (a failed assertion) are killed
+    with their process group, and their servers stop with them."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 def start_serve(bundle: Path, port: int, log: Path, *options: str) -> subprocess.Popen:
@@ -144,9 +156,10 @@ def haproxy_expected() -> bool:
 
 
 @pytest.mark.cluster
-def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_bundle, tmp_path):
+def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_bundle, tmp_path, servers):
     port = free_port()
     process = start_serve(tiny_bundle, port, tmp_path / "serve.log", "--max-queue-wait-s", "60", "--drain-s", "60")
+    servers.append(process)
     started = started_by(process)
     names = {name for name, _ in started.values()}
     assert "raylet" in names and "gcs_server" in names
@@ -192,14 +205,19 @@ def test_sigterm_drains_the_requests_in_flight_then_leaves_nothing_running(tiny_
 
 
 @pytest.mark.cluster
-def test_a_killed_serve_leaves_nothing_running(tiny_bundle, tmp_path):
+def test_a_killed_serve_leaves_nothing_running(tiny_bundle, tmp_path, servers):
     port = free_port()
     process = start_serve(tiny_bundle, port, tmp_path / "serve.log")
+    servers.append(process)
     started = started_by(process)
     assert ("haproxy" in {name for name, _ in started.values()}) == haproxy_expected()
     os.killpg(process.pid, signal.SIGKILL)  # what an OOM killer or a closed terminal's group kill does
     process.wait(timeout=30)
     assert_nothing_left(started, port, within_s=30)
+    # the server, in a session of its own, saw the command end and stopped as on one SIGTERM
+    log = (tmp_path / "serve.log").read_text()
+    assert "the command that started this server has ended: stopping" in log, log[-3000:]
+    assert "SIGTERM: stopping" in log and "stopped: Serve and the local Ray" in log, log[-3000:]
 
 
 def test_a_taken_port_is_named_with_the_command_that_ends_its_holder(tiny_bundle, monkeypatch, capsys):
@@ -222,10 +240,21 @@ def test_a_server_that_fails_is_reported_not_taken_for_a_clean_stop():
         server_session.run_server({"not_a_setting": 1})
 
 
-def test_a_server_whose_command_has_already_ended_does_not_start():
-    """The parent-death signal is asked for after the server has started: if the command was gone
-    by then, nothing would ever stop the server, so it does not go on."""
+def test_a_server_whose_command_ends_is_sent_one_sigterm():
+    """However the command ends, its server hears of it once: a second SIGTERM would mean "stop at once"."""
+    script = """
+import os, signal, sys, time
+from serve.server_session import stop_when_closed
+got = []
+signal.signal(signal.SIGTERM, lambda *_: got.append(time.monotonic()))
+alive, held = os.pipe()
+stop_when_closed(alive)
+time.sleep(0.5)
+assert not got, "a SIGTERM before the command ended"
+os.close(held)
+time.sleep(2)
+print(len(got))
+"""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    gone = subprocess.run([sys.executable, "-m", "serve.server_session", "1", "{}"], env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert gone.returncode == 1 and "the command ended before its server started" in gone.stderr
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["1"], done.stdout + done.stderr
